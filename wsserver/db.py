@@ -1,0 +1,125 @@
+"""Where the database comes from, the asyncpg pool, and the migration runner.
+
+Migrations are the plain files in sql/ (NNNN_name.sql), applied in order under a
+PostgreSQL advisory lock, each in its own transaction, recorded in schema_migrations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from .config import Settings
+from .embedded_pg import EmbeddedPostgres
+
+log = logging.getLogger(__name__)
+
+MIGRATION_LOCK_ID = 0x6265_7365_6461  # "beseda"
+EMBEDDED_DB_NAME = "beseda"
+
+
+def sql_dir() -> Path:
+    override = os.environ.get("BESEDA_SQL_DIR")
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parent.parent / "sql"
+
+
+def migrations() -> list[tuple[str, str]]:
+    files = sorted(p for p in sql_dir().glob("*.sql") if p.name[:4].isdigit())
+    return [(p.stem, p.read_text()) for p in files]
+
+
+async def ensure_database(admin_dsn: str, name: str) -> str:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+            except asyncpg.DuplicateDatabaseError:
+                pass
+    finally:
+        await conn.close()
+    return admin_dsn.rsplit("/", 1)[0] + "/" + name
+
+
+async def resolve_database_url(settings: Settings) -> tuple[str, EmbeddedPostgres | None]:
+    """DATABASE_URL when set; otherwise an embedded cluster under the data folder."""
+    if settings.database_url:
+        return settings.database_url, None
+    pg = EmbeddedPostgres(settings.data_dir / "pg")
+    pg.start()
+    dsn = await ensure_database(pg.dsn, EMBEDDED_DB_NAME)
+    return dsn, pg
+
+
+def connect_kwargs(settings: Settings) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "server_settings": {
+            "application_name": "beseda",
+            "statement_timeout": str(settings.db_statement_timeout_ms),
+            "idle_in_transaction_session_timeout": "30000",
+        },
+        "command_timeout": settings.db_statement_timeout_ms / 1000 + 5,
+    }
+    if settings.pgbouncer:
+        # pgbouncer in transaction mode: no named prepared statements survive.
+        kwargs["statement_cache_size"] = 0
+    return kwargs
+
+
+async def create_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        max_inactive_connection_lifetime=60,
+        **connect_kwargs(settings),
+    )
+    assert pool is not None
+    return pool
+
+
+async def migrate(dsn: str) -> list[str]:
+    """Apply pending migrations; returns the names applied by this call."""
+    applied_now: list[str] = []
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+        try:
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       name text PRIMARY KEY,
+                       checksum text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
+            done = {
+                r["name"]: r["checksum"]
+                for r in await conn.fetch("SELECT name, checksum FROM schema_migrations")
+            }
+            for name, text in migrations():
+                digest = hashlib.sha256(text.encode()).hexdigest()
+                if name in done:
+                    if done[name] != digest:
+                        log.warning("migrate.changed name=%s (applied version kept)", name)
+                    continue
+                log.info("migrate.apply name=%s", name)
+                async with conn.transaction():
+                    await conn.execute(text)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)",
+                        name,
+                        digest,
+                    )
+                applied_now.append(name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+    finally:
+        await conn.close()
+    return applied_now
