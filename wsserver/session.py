@@ -82,11 +82,14 @@ class Session:
         if self.closing or ws.protocol.state is not _OPEN:
             return False
         transport = ws.transport
-        if transport is not None and transport.get_write_buffer_size() + len(frame) > self.queue_limit:
-            metrics.SLOW_CONSUMER_CLOSES.inc()
-            log.info("conn.slow_consumer conn=%s user=%s", self.conn_id, self.user_id)
-            self.close(CloseCode.SLOW_CONSUMER)
-            return False
+        if transport is not None:
+            buffered = transport.get_write_buffer_size()
+            metrics.SEND_QUEUE_BYTES.observe(buffered)
+            if buffered + len(frame) > self.queue_limit:
+                metrics.SLOW_CONSUMER_CLOSES.inc()
+                log.info("conn.slow_consumer conn=%s user=%s", self.conn_id, self.user_id)
+                self.close(CloseCode.SLOW_CONSUMER)
+                return False
         try:
             ws.protocol.send_text(frame)
             ws.send_data()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,6 +19,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from . import metrics
 from .errors import BadRequest, BesedaError, Conflict, Forbidden, NotFound, Unavailable
 from .protocol import messages as m
 
@@ -51,6 +53,20 @@ def is_unavailable(exc: BaseException) -> bool:
         state = getattr(exc, "sqlstate", "") or ""
         return state[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
     return False
+
+
+def db_error_kind(exc: BaseException, acquired: bool) -> str:
+    """A bounded label for `beseda_db_errors_total` (docs/ops.md lists the values)."""
+    if not acquired and isinstance(exc, asyncio.TimeoutError):
+        return "acquire_timeout"
+    if isinstance(exc, (asyncpg.QueryCanceledError, asyncio.TimeoutError)):
+        return "statement_timeout"
+    if isinstance(exc, (OSError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+                        asyncpg.TooManyConnectionsError)):
+        return "connection"
+    if is_unavailable(exc):
+        return "unavailable"
+    return "query"
 
 
 MSG_COLS = (
@@ -253,16 +269,29 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection; database trouble becomes `Unavailable`."""
+        """A pooled connection; database trouble becomes `Unavailable`.
+
+        Counts waiters and acquire time (pool saturation) and every database error
+        that leaves the block, by kind."""
+        acquired = False
+        started = time.perf_counter()
+        metrics.DB_POOL_WAITING.inc()
         try:
             async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+                acquired = True
+                metrics.DB_POOL_WAITING.dec()
+                metrics.DB_POOL_ACQUIRE_SECONDS.observe(time.perf_counter() - started)
                 yield conn
         except BesedaError:
             raise
         except Exception as exc:
+            metrics.DB_ERRORS.labels(kind=db_error_kind(exc, acquired)).inc()
             if is_unavailable(exc):
                 raise Unavailable("storage unavailable: retry with the same message_key") from exc
             raise
+        finally:
+            if not acquired:
+                metrics.DB_POOL_WAITING.dec()
 
     # -- sends -----------------------------------------------------------------
 
