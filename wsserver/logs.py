@@ -17,6 +17,12 @@ _BEARER = re.compile(r"(bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 
 
+def field(text: str, limit: int = 120) -> str:
+    """A free-text value made safe for one key=value field: no spaces or line
+    breaks, cut to `limit` characters. Only for our own fixed texts, never user text."""
+    return "_".join(text.split())[:limit]
+
+
 def redact(text: str) -> str:
     text = _TOKEN_QUERY.sub(r"\1[redacted]", text)
     text = _BEARER.sub(r"\1[redacted]", text)

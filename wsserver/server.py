@@ -23,6 +23,7 @@ from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFact
 from websockets.http11 import Request, Response
 
 from . import lang, metrics
+from .logs import field
 from .auth import Identity, TokenVerifier
 from .bus.base import Bus
 from .config import Settings
@@ -190,7 +191,7 @@ class ChatServer:
         except Unauthorized as exc:
             metrics.HANDSHAKES.labels(outcome="unauthorized").inc()
             metrics.REJECTIONS.labels(reason="auth").inc()
-            log.info("conn.refused hs=%s reason=%s", conn.id.hex[:12], exc.message)
+            log.info("conn.refused hs=%s reason=%s", conn.id.hex[:12], field(exc.message))
             return _json_response(http.HTTPStatus.UNAUTHORIZED, "unauthorized", exc.message)
         if self.registry.connections_of(identity.user_id) >= self.settings.max_connections_per_user:
             return self._refuse_limited(conn, "connections_user", "too many connections")
@@ -258,7 +259,7 @@ class ChatServer:
         by, reason = close_origin(ws)
         log.info(
             "conn.closed conn=%s user=%s code=%s by=%s reason=%s dur_s=%.1f",
-            session.conn_id, session.user_id, code, by, reason.replace(" ", "_")[:120],
+            session.conn_id, session.user_id, code, by, field(reason),
             time.monotonic() - session.opened_at,
         )
 
