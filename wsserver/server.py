@@ -8,6 +8,7 @@ store. Events go out through the bus, which reaches sockets on every node.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http
 import logging
 import time
@@ -213,6 +214,11 @@ class ChatServer:
         except ConnectionClosed:
             pass
         finally:
+            if session.close_task is not None:
+                # Our close code must win over the 1000 that websockets sends when
+                # the handler returns.
+                with contextlib.suppress(Exception):
+                    await session.close_task
             self._disconnected(session)
 
     def _disconnected(self, session: Session) -> None:

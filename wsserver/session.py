@@ -67,7 +67,7 @@ class Session:
     __slots__ = (
         "ws", "conn_id", "identity", "opened_at", "subscriptions", "typing",
         "member_until", "pending", "bucket", "violations", "bad_frames",
-        "expiry_timer", "closing", "queue_limit", "unflushed", "__weakref__",
+        "expiry_timer", "closing", "close_task", "queue_limit", "unflushed", "__weakref__",
     )
 
     def __init__(
@@ -87,6 +87,7 @@ class Session:
         self.bad_frames = 0
         self.expiry_timer: asyncio.TimerHandle | None = None
         self.closing = False
+        self.close_task: asyncio.Task[None] | None = None
         self.queue_limit = queue_limit
         self.unflushed = 0
 
@@ -151,7 +152,7 @@ class Session:
         if self.expiry_timer is not None:
             self.expiry_timer.cancel()
         text = reason or CLOSE_REASONS.get(code, "")
-        asyncio.get_running_loop().create_task(self._close(code, text))
+        self.close_task = asyncio.get_running_loop().create_task(self._close(code, text))
 
     async def _close(self, code: int, reason: str) -> None:
         try:
