@@ -151,9 +151,9 @@ class Node:
         for sessions in self.registry.by_user.values():
             for session in sessions:
                 transport = session.ws.transport
-                if transport is None:
-                    continue
-                buffered = transport.get_write_buffer_size()
+                buffered = session.unflushed
+                if transport is not None:
+                    buffered += transport.get_write_buffer_size()
                 total += buffered
                 largest = max(largest, buffered)
         metrics.SEND_QUEUE_BUFFERED_BYTES.set(total)

@@ -104,11 +104,8 @@ DEPENDENCY_UP = Gauge(
 SLOW_CONSUMER_CLOSES = Counter(
     "beseda_slow_consumer_closes_total", "Connections closed because their send queue filled"
 )
-SEND_QUEUE_BYTES = Histogram(
-    "beseda_send_queue_bytes",
-    "Write buffer size of a socket when an event is queued",
-    buckets=(0, 1024, 8192, 65536, 262144, 1048576, 4194304),
-)
+# Read at scrape time from every socket rather than observed per event: the push
+# path is the hottest code there is.
 SEND_QUEUE_BUFFERED_BYTES = Gauge(
     "beseda_send_queue_buffered_bytes", "Bytes waiting in all sockets' send queues now"
 )
@@ -132,3 +129,13 @@ TRANSLATION_OLDEST_AGE_SECONDS = Gauge(
     "beseda_translation_oldest_job_age_seconds",
     "Age of the oldest waiting translation job (0 when none waits)",
 )
+
+_request_children: dict[tuple[str, str], Counter] = {}
+
+
+def count_request(kind: str, result: str) -> None:
+    """REQUESTS by (type, result), with the labelled child cached (hot path)."""
+    child = _request_children.get((kind, result))
+    if child is None:
+        child = _request_children[(kind, result)] = REQUESTS.labels(type=kind, result=result)
+    child.inc()
