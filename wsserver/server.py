@@ -183,7 +183,9 @@ class ChatServer:
             )
         ip = peer_ip(conn)
         if self.limiter.ip_full(ip):
-            return self._refuse_limited(conn, "connections_ip", "too many connections from this address")
+            return self._refuse_limited(
+                conn, "connections_ip", "too many connections from this address"
+            )
         token = bearer_token(request)
         try:
             if token is None:
@@ -192,7 +194,9 @@ class ChatServer:
         except Unauthorized as exc:
             metrics.HANDSHAKES.labels(outcome="unauthorized").inc()
             metrics.REJECTIONS.labels(reason="auth").inc()
-            log.info("conn.refused hs=%s reason=%s", conn.id.hex[:12], field(exc.message))
+            log.info(
+                "conn.refused hs=%s reason=%s", conn.id.hex[:12], field(exc.message)
+            )
             return _json_response(http.HTTPStatus.UNAUTHORIZED, "unauthorized", exc.message)
         if self.registry.connections_of(identity.user_id) >= self.settings.max_connections_per_user:
             return self._refuse_limited(conn, "connections_user", "too many connections")

@@ -86,6 +86,19 @@ def test_alert_rules_pass_promtool_check():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_alert_rules_fire_on_their_unit_test_series():
+    """`promtool test rules`: pool saturation, database unreachable, sends failing and
+    slow acks fire when they should and stay silent before."""
+    tool = promtool()
+    if tool is None:
+        pytest.skip("promtool not installed (Debian package `prometheus`, or set PROMTOOL)")
+    result = subprocess.run(
+        [tool, "test", "rules", str(RULES.with_name("beseda.rules.test.yml"))],
+        capture_output=True, text=True, timeout=60, cwd=RULES.parent,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_alert_rules_use_only_exported_metrics_and_link_a_runbook():
     """Every metric an alert reads is one we export; each alert has a severity and a
     runbook anchor that exists in docs/ops.md."""
@@ -153,7 +166,9 @@ def test_ops_doc_describes_every_metric():
 
 def test_config_doc_lists_every_environment_variable():
     """docs/config.md lists every variable config.py and db.py read."""
-    source = (ROOT / "wsserver" / "config.py").read_text() + (ROOT / "wsserver" / "db.py").read_text()
+    source = "".join(
+        (ROOT / "wsserver" / name).read_text() for name in ("config.py", "db.py")
+    )
     names = set(re.findall(r'"((?:BESEDA|DATABASE|REDIS)_[A-Z0-9_]+)"', source))
     assert len(names) > 30
     text = CONFIG_MD.read_text()
