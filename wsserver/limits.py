@@ -52,12 +52,19 @@ def peer_ip(conn: ServerConnection) -> str:
     return "unknown"
 
 
-class TrackedConnection(ServerConnection):
-    """A server connection that counts handshakes that never got an answer.
+# The handshake's HTTP answer, as a `beseda_handshakes_total` outcome.
+OUTCOME_BY_STATUS = {
+    101: "ok", 401: "unauthorized", 429: "limited", 404: "not_found", 503: "draining",
+}
 
-    websockets applies `open_timeout` by cancelling the handshake; a client that
-    goes away or sends a broken request makes it raise. Both end before
-    `process_request` could count an outcome, so they are counted here.
+
+class TrackedConnection(ServerConnection):
+    """A server connection that counts its handshake, once, by how it ended.
+
+    The outcome follows the HTTP answer (OUTCOME_BY_STATUS; any other answer, such
+    as websockets' own 400 or 426, is `failed`). websockets applies `open_timeout` by
+    cancelling the handshake (`timeout`); a client that leaves before its request is
+    complete gets no answer (`failed`).
     """
 
     async def handshake(self, *args: Any, **kwargs: Any) -> None:
@@ -69,6 +76,8 @@ class TrackedConnection(ServerConnection):
         except Exception:
             metrics.HANDSHAKES.labels(outcome="failed").inc()
             raise
+        status = self.response.status_code if self.response is not None else 0
+        metrics.HANDSHAKES.labels(outcome=OUTCOME_BY_STATUS.get(status, "failed")).inc()
 
 
 def _server_closed_first(conn: ServerConnection) -> bool:

@@ -174,10 +174,8 @@ class ChatServer:
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
         if path != "/ws":
-            metrics.HANDSHAKES.labels(outcome="not_found").inc()
             return _json_response(http.HTTPStatus.NOT_FOUND, "not_found", "no such endpoint")
         if not self.accepting:
-            metrics.HANDSHAKES.labels(outcome="draining").inc()
             return _json_response(
                 http.HTTPStatus.SERVICE_UNAVAILABLE, "unavailable", "node is draining"
             )
@@ -192,7 +190,6 @@ class ChatServer:
                 raise Unauthorized("missing token")
             identity = self.verifier.verify(token)
         except Unauthorized as exc:
-            metrics.HANDSHAKES.labels(outcome="unauthorized").inc()
             metrics.REJECTIONS.labels(reason="auth").inc()
             log.info(
                 "conn.refused hs=%s reason=%s", conn.id.hex[:12], field(exc.message)
@@ -206,7 +203,6 @@ class ChatServer:
 
     def _refuse_limited(self, conn: ServerConnection, reason: str, message: str) -> Response:
         """A connection limit answers HTTP 429 with a JSON error, before any upgrade."""
-        metrics.HANDSHAKES.labels(outcome="limited").inc()
         metrics.REJECTIONS.labels(reason=reason).inc()
         log.info("conn.refused hs=%s reason=%s", conn.id.hex[:12], reason)
         return _json_response(http.HTTPStatus.TOO_MANY_REQUESTS, "rate_limited", message)
@@ -221,7 +217,6 @@ class ChatServer:
         self.registry.add(session)
         self.limiter.opened(ip)
         self._schedule_expiry(session)
-        metrics.HANDSHAKES.labels(outcome="ok").inc()
         metrics.CONNECTIONS_OPEN.inc()
         log.info("conn.open conn=%s user=%s role=%s", session.conn_id, identity.user_id, identity.role)
         debug = log.isEnabledFor(logging.DEBUG)

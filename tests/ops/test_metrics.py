@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import httpx
 import pytest
 import websockets
 
@@ -58,6 +59,16 @@ async def test_connections_and_handshakes_are_counted_by_outcome(world, node):
     assert delta(before, mid, "beseda_handshakes_total", outcome="unauthorized") == 1
     assert delta(before, mid, "beseda_rejections_total", reason="auth") == 1
     assert delta(before, mid, "beseda_connections_open") == 1
+
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.ws_port}") as http:
+        assert (await http.get("/elsewhere", timeout=10)).status_code == 404
+        plain = await http.get(
+            "/ws", headers={"Authorization": f"Bearer {world.token(u)}"}, timeout=10
+        )
+        assert plain.status_code in (400, 426)
+    mid2 = await scrape(node.http_port)
+    assert delta(mid, mid2, "beseda_handshakes_total", outcome="not_found") == 1
+    assert delta(mid, mid2, "beseda_handshakes_total", outcome="failed") == 1
 
     await client.close()
     after = await wait_for_metric(
