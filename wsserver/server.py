@@ -24,7 +24,6 @@ from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFact
 from websockets.http11 import Request, Response
 
 from . import lang, metrics
-from .logs import field
 from .auth import Identity, TokenVerifier
 from .bus.base import Bus
 from .config import Settings
@@ -36,6 +35,7 @@ from .limits import (
     count_close,
     peer_ip,
 )
+from .logs import field
 from .presence import MemoryPresence
 from .protocol import messages as m
 from .protocol.codec import Limits, decode_request, peek_id
