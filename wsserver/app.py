@@ -56,10 +56,17 @@ class Node:
             applied = await db.migrate(self.dsn)
             if applied:
                 log.info("migrate.done applied=%s", ",".join(applied))
+        # Each writer lane keeps one connection; reads need at least two more.
+        pool_max = max(s.db_pool_max, s.writer_lanes + 2)
+        if pool_max != s.db_pool_max:
+            log.warning(
+                "db.pool_raised max=%d lanes=%d (BESEDA_DB_POOL_MAX too small)",
+                pool_max, s.writer_lanes,
+            )
         self.pool = await asyncpg.create_pool(
             self.dsn,
-            min_size=min(s.db_pool_min, s.db_pool_max),
-            max_size=s.db_pool_max,
+            min_size=min(s.db_pool_min, pool_max),
+            max_size=pool_max,
             max_inactive_connection_lifetime=60,
             init=Store.connection_init(),
             **db.connect_kwargs(s),
