@@ -106,13 +106,16 @@ async def test_rate_limited_client_bumps_rejections(node_factory, new_id):
 
 
 async def test_pool_saturation_shows_in_metrics(node_factory, new_id):
-    """BC-24: with the only pool connection stuck on a lock, /metrics shows it busy
-    and a waiter; the waiter gets `unavailable` and counts an acquire timeout."""
+    """BC-24: with every pool connection stuck on a lock (the writer lane's and two
+    readers'), /metrics shows them busy and a waiter; the waiter gets `unavailable`
+    and counts an acquire timeout."""
     import asyncpg
 
     from tests.helpers import World
 
-    node = await node_factory(db_pool_min=1, db_pool_max=1, db_acquire_timeout_s=0.5)
+    node = await node_factory(
+        db_pool_min=1, db_pool_max=3, writer_lanes=1, db_acquire_timeout_s=0.5
+    )
     world = World(node.dsn, node.settings, f"ws://127.0.0.1:{node.ws_port}/ws", new_id)
     locker = await asyncpg.connect(node.dsn)
     try:
@@ -128,6 +131,13 @@ async def test_pool_saturation_shows_in_metrics(node_factory, new_id):
             node.http_port,
             lambda s: value(s, "beseda_db_pool_connections", state="busy") == 1,
         )
+        stuck = [
+            wa.send_nowait("messages.history", {"chat_id": chat, "limit": 1}) for _ in range(2)
+        ]
+        await wait_for_metric(
+            node.http_port,
+            lambda s: value(s, "beseda_db_pool_connections", state="busy") == 3,
+        )
         history = wa.send_nowait("messages.history", {"chat_id": chat, "limit": 1})
         saturated = await wait_for_metric(
             node.http_port, lambda s: value(s, "beseda_db_pool_waiting") >= 1
@@ -138,6 +148,7 @@ async def test_pool_saturation_shows_in_metrics(node_factory, new_id):
         await tx.rollback()
         ack = await pending_send
         assert ack["type"] == "ack"
+        assert [(await s)["type"] for s in stuck] == ["ack", "ack"]
         after = await scrape(node.http_port)
         assert delta(before, after, "beseda_db_errors_total", kind="acquire_timeout") >= 1
         assert value(after, "beseda_db_pool_waiting") == 0
