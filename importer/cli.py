@@ -11,8 +11,11 @@ import argparse
 import asyncio
 import json
 import logging
+import queue
 import sys
+import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ import asyncpg
 from wsserver import db
 from wsserver.config import Settings
 
-from .export import Export, ExportError, page_files
+from .export import ConversationPlan, Export, ExportError, page_files
 from .load import IMPORT_LOCK_ID, Loader
 from .report import Totals, build_report, plan_stats, render_text, write_json
 from .storage import LocalStorage
@@ -173,6 +176,9 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
         await db.migrate(dsn)
         conn = await asyncpg.connect(dsn, server_settings={
             "application_name": "beseda-importer",
+            # A commit lost to a crash is only a conversation not yet marked done:
+            # the next run redoes it, so the import need not wait for each fsync.
+            "synchronous_commit": "off",
             "statement_timeout": "600000",
             "idle_in_transaction_session_timeout": "600000",
         })
@@ -193,15 +199,12 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
                         on_commit=progress.update)
         await loader.prepare()
         skipped = 0
-        for rec in export.conversation_records():
-            sig = export.signature(rec)
-            if done.get(rec["sid"]) == sig:
+        async for plan in _plans(export, done):
+            if plan is None:
                 skipped += 1
                 progress.update(1, 0)
-                continue
-            plan = export.plan(rec, sig)
-            plan.stats["delivery_receipts"] += export.count_receipts(plan.sid)
-            await loader.add(plan)
+            else:
+                await loader.add(plan)
         await loader.flush()
         progress.close()
 
@@ -213,6 +216,7 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
                 totals.add(json.loads(row["stats"]))
         seconds = time.monotonic() - t0
         run = dict(loader.run)
+        run["phase_seconds"] = {k: round(v, 2) for k, v in sorted(loader.phase_s.items())}
         run.update(dry_run=False, run_id=run_id, export_id=export_id,
                    conversations_skipped_done=skipped, users_inserted=users_new,
                    orders_inserted=orders_new, seconds=round(seconds, 2),
@@ -244,6 +248,56 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
             await conn.close()
         if embedded is not None:
             embedded.stop()
+
+
+_END = object()
+
+
+async def _plans(export: Export, done: dict[str, str]) -> AsyncIterator[ConversationPlan | None]:
+    """Plans made by a reader thread, a few ahead of the writer (None: already done).
+
+    Reading and mapping is Python work; writing is mostly waiting on PostgreSQL. The
+    thread runs while the event loop waits, and the small queue bounds memory.
+    """
+    q: queue.Queue[Any] = queue.Queue(maxsize=4)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for rec in export.conversation_records():
+                if stop.is_set():
+                    return
+                sig = export.signature(rec)
+                if done.get(rec["sid"]) == sig:
+                    q.put(None)
+                    continue
+                plan = export.plan(rec, sig)
+                plan.stats["delivery_receipts"] += export.count_receipts(plan.sid)
+                q.put(plan)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            q.put(exc)
+        finally:
+            q.put(_END)
+
+    loop = asyncio.get_running_loop()
+    thread = threading.Thread(target=produce, name="import-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get_nowait() if not q.empty() else await loop.run_in_executor(None, q.get)
+            if item is _END:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                await asyncio.sleep(0.01)
+        thread.join()
 
 
 async def _upsert_people(conn: asyncpg.Connection, export: Export) -> tuple[int, int]:

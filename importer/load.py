@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import bisect
 import logging
+import time
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Iterator
 
 import asyncpg
 
@@ -68,7 +71,8 @@ class ImportBusy(Exception):
 
 class Loader:
     def __init__(self, conn: asyncpg.Connection, storage: LocalStorage, export_id: str,
-                 run_id: int, batch_messages: int, on_commit: Any = None) -> None:
+                 run_id: int, batch_messages: int, on_commit: Any = None,
+                 batch_bytes: int = 16 * 2**20) -> None:
         self.conn = conn
         self.storage = storage
         self.export_id = export_id
@@ -77,6 +81,8 @@ class Loader:
         self.on_commit = on_commit
         self.batch: list[WorkItem] = []
         self.batch_count = 0
+        self.batch_bytes = 0
+        self.batch_bytes_max = batch_bytes
         self.seq_name = ""
         self.run: dict[str, int] = {k: 0 for k in (
             "conversations_imported", "chats_created", "chats_existing",
@@ -84,6 +90,15 @@ class Loader:
             "messages_updated", "messages_rejected", "attachments_inserted",
             "attachments_rejected", "media_files_copied", "media_copy_failed",
             "read_horizons_set", "transactions")}
+        self.phase_s: Counter[str] = Counter()
+
+    @contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phase_s[phase] += time.perf_counter() - t0
 
     async def prepare(self) -> None:
         self.seq_name = await self.conn.fetchval(
@@ -91,19 +106,31 @@ class Loader:
 
     # ---- batching ------------------------------------------------------------
     async def add(self, plan: ConversationPlan) -> None:
+        """Queue a conversation; full batches are written as they fill up."""
         state = ChatState(plan)
-        n = len(plan.messages)
+        msgs = plan.messages
+        n = len(msgs)
         pos = 0
         first = True
         while True:
-            room = self.batch_messages - self.batch_count
-            take = min(room, n - pos)
+            take = nbytes = 0
+            while (pos + take < n and self.batch_count + take < self.batch_messages
+                   and (self.batch_bytes + nbytes < self.batch_bytes_max
+                        or self.batch_count + take == 0)):
+                m = msgs[pos + take]
+                nbytes += len(m.content) + len(m.metadata)
+                take += 1
+            if take == 0 and pos < n:
+                await self.flush()
+                continue
             end = pos + take
             self.batch.append(WorkItem(state, pos, end, first, end == n))
-            self.batch_count += take
             first = False
+            self.batch_count += take
+            self.batch_bytes += nbytes
             pos = end
-            if self.batch_count >= self.batch_messages or len(self.batch) >= 500:
+            if (self.batch_count >= self.batch_messages or len(self.batch) >= 500
+                    or self.batch_bytes >= self.batch_bytes_max):
                 await self.flush()
             if pos >= n:
                 break
@@ -111,11 +138,18 @@ class Loader:
     async def flush(self) -> None:
         if not self.batch:
             return
-        batch, self.batch, self.batch_count = self.batch, [], 0
+        batch, self.batch, self.batch_count, self.batch_bytes = self.batch, [], 0, 0
         done_msgs = sum(w.end - w.start for w in batch)
         done_convs = sum(1 for w in batch if w.last)
-        async with self.conn.transaction():
+        tx = self.conn.transaction()
+        await tx.start()
+        try:
             await self._write(batch)
+        except BaseException:
+            await tx.rollback()
+            raise
+        with self._timed("commit"):
+            await tx.commit()
         self.run["transactions"] += 1
         if self.on_commit is not None:
             self.on_commit(done_convs, done_msgs)
@@ -124,7 +158,8 @@ class Loader:
     async def _write(self, batch: list[WorkItem]) -> None:
         firsts = [w.state for w in batch if w.first]
         if firsts:
-            await self._ensure_chats(firsts)
+            with self._timed("chats_and_participants"):
+                await self._ensure_chats(firsts)
 
         # messages that are new, and existing ones that this export has a newer copy of
         new: list[tuple[WorkItem, list[MessagePlan]]] = []
@@ -147,7 +182,8 @@ class Loader:
 
         lasts = [w.state for w in batch if w.last]
         if lasts:
-            await self._finish_conversations(lasts)
+            with self._timed("horizons_and_progress"):
+                await self._finish_conversations(lasts)
 
     async def _ensure_chats(self, states: list[ChatState]) -> None:
         plans = [s.plan for s in states]
@@ -265,7 +301,8 @@ class Loader:
                 rev += 1
             base[cid] = (seq, rev)
 
-        rejected = await self._copy_messages(records) if records else set()
+        with self._timed("copy_messages"):
+            rejected = await self._copy_messages(records) if records else set()
         for st, imp in owners:
             if imp.id not in rejected:
                 st.imported.append(imp)
@@ -273,7 +310,8 @@ class Loader:
             atts = [a for a in atts if a[0] not in rejected]
             await self._repair_last_message(chat_ids)
         if atts:
-            await self._copy_attachments(atts)
+            with self._timed("copy_attachments"):
+                await self._copy_attachments(atts)
         if updates:
             await self._update_messages(updates, base)
 
