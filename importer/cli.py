@@ -199,7 +199,7 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
                         on_commit=progress.update)
         await loader.prepare()
         skipped = 0
-        async for plan in _plans(export, done):
+        async for plan in _plans(export, done, 2 * args.batch_messages):
             if plan is None:
                 skipped += 1
                 progress.update(1, 0)
@@ -253,13 +253,42 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
 _END = object()
 
 
-async def _plans(export: Export, done: dict[str, str]) -> AsyncIterator[ConversationPlan | None]:
-    """Plans made by a reader thread, a few ahead of the writer (None: already done).
+class _Budget:
+    """How many messages the reader may hold ahead of the writer (bounds memory)."""
+
+    def __init__(self, limit: int) -> None:
+        self.cv = threading.Condition()
+        self.used = 0
+        self.limit = limit
+        self.closed = False
+
+    def acquire(self, n: int) -> None:
+        with self.cv:
+            while self.used > 0 and self.used + n > self.limit and not self.closed:
+                self.cv.wait()
+            self.used += n
+
+    def release(self, n: int) -> None:
+        with self.cv:
+            self.used -= n
+            self.cv.notify_all()
+
+    def close(self) -> None:
+        with self.cv:
+            self.closed = True
+            self.cv.notify_all()
+
+
+async def _plans(export: Export, done: dict[str, str],
+                 ahead: int) -> AsyncIterator[ConversationPlan | None]:
+    """Plans made by a reader thread, up to `ahead` messages ahead of the writer.
 
     Reading and mapping is Python work; writing is mostly waiting on PostgreSQL. The
-    thread runs while the event loop waits, and the small queue bounds memory.
+    thread runs while the event loop waits, and the message budget bounds memory.
+    Yields None for a conversation that an earlier run already finished.
     """
-    q: queue.Queue[Any] = queue.Queue(maxsize=4)
+    q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    budget = _Budget(ahead)
     stop = threading.Event()
 
     def produce() -> None:
@@ -273,6 +302,7 @@ async def _plans(export: Export, done: dict[str, str]) -> AsyncIterator[Conversa
                     continue
                 plan = export.plan(rec, sig)
                 plan.stats["delivery_receipts"] += export.count_receipts(plan.sid)
+                budget.acquire(len(plan.messages) + 1)
                 q.put(plan)
         except BaseException as exc:  # handed to the consumer, which re-raises it
             q.put(exc)
@@ -280,24 +310,27 @@ async def _plans(export: Export, done: dict[str, str]) -> AsyncIterator[Conversa
             q.put(_END)
 
     loop = asyncio.get_running_loop()
+    # Hand the GIL back to the event loop quickly when PostgreSQL answers.
+    sys.setswitchinterval(0.0005)
     thread = threading.Thread(target=produce, name="import-reader", daemon=True)
     thread.start()
     try:
         while True:
-            item = q.get_nowait() if not q.empty() else await loop.run_in_executor(None, q.get)
+            try:
+                item = q.get_nowait()
+            except queue.Empty:
+                item = await loop.run_in_executor(None, q.get)
             if item is _END:
                 break
             if isinstance(item, BaseException):
                 raise item
             yield item
+            if item is not None:
+                budget.release(len(item.messages) + 1)
     finally:
         stop.set()
-        while thread.is_alive():
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                await asyncio.sleep(0.01)
-        thread.join()
+        budget.close()
+        await loop.run_in_executor(None, thread.join)
 
 
 async def _upsert_people(conn: asyncpg.Connection, export: Export) -> tuple[int, int]:

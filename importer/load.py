@@ -89,7 +89,7 @@ class Loader:
             "participants_inserted", "messages_inserted", "messages_already_present",
             "messages_updated", "messages_rejected", "attachments_inserted",
             "attachments_rejected", "media_files_copied", "media_copy_failed",
-            "read_horizons_set", "transactions")}
+            "read_horizons_set", "messages_appended_out_of_index_order", "transactions")}
         self.phase_s: Counter[str] = Counter()
 
     @contextmanager
@@ -289,7 +289,10 @@ class Loader:
             st = w.state
             cid = st.chat_id
             seq, rev = base[cid]
+            top = max((x.index for x in st.imported), default=-1)
             for m in fresh:
+                if m.index < top:
+                    self.run["messages_appended_out_of_index_order"] += 1
                 mid = ids[pos]
                 pos += 1
                 records.append((mid, cid, seq, rev, rev, m.user_id, m.type, m.content, m.lang,
