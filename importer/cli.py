@@ -11,11 +11,13 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import queue
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -89,14 +91,24 @@ class Progress:
         left = self.total - self.convs
         eta = elapsed / self.convs * left if self.convs else float("nan")
         log.info("import.progress conversations=%d/%d messages=%d rate=%.0f msg/s "
-                 "elapsed=%.1fs eta=%.0fs", self.convs, self.total, self.msgs, rate,
-                 elapsed, eta)
+                 "elapsed=%.1fs eta=%.0fs rss=%.0fMB", self.convs, self.total, self.msgs,
+                 rate, elapsed, eta, _rss_mb())
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
         elif self.mode == "lines":
             self.line(time.monotonic())
+
+
+def _rss_mb() -> float:
+    """Resident set size of this process (Linux), 0 where /proc is not there."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def listing_fingerprint(export: Export) -> tuple[int, str]:
@@ -144,7 +156,7 @@ async def run_async(argv: list[str]) -> int:
     progress = Progress(total, args.progress, args.progress_every)
     t0 = time.monotonic()
     if args.dry_run:
-        report = _dry_run(export, progress)
+        report = _dry_run(export, progress, args.report)
         report["run"].update(export_id=export_id, seconds=round(time.monotonic() - t0, 2))
         progress.close()
         if args.report:
@@ -154,8 +166,8 @@ async def run_async(argv: list[str]) -> int:
     return await _import(args, settings, export, export_id, progress, t0)
 
 
-def _dry_run(export: Export, progress: Progress) -> dict[str, Any]:
-    totals = Totals()
+def _dry_run(export: Export, progress: Progress, report: Path | None) -> dict[str, Any]:
+    totals = Totals(report)
     n_msgs = 0
     for rec in export.conversation_records():
         plan = export.plan(rec, "")
@@ -199,16 +211,19 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
                         on_commit=progress.update)
         await loader.prepare()
         skipped = 0
-        async for plan in _plans(export, done, 2 * args.batch_messages):
-            if plan is None:
-                skipped += 1
-                progress.update(1, 0)
-            else:
-                await loader.add(plan)
+        async with aclosing(_plans(export, done, 2 * args.batch_messages)) as plans:
+            async for plan in plans:
+                if plan is None:
+                    skipped += 1
+                    progress.update(1, 0)
+                else:
+                    await loader.add(plan)
         await loader.flush()
         progress.close()
 
-        totals = Totals()
+        path = args.report or settings.data_dir / "import-reports" / f"twilio-run-{run_id}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        totals = Totals(path)
         async with conn.transaction():
             async for row in conn.cursor(
                     "SELECT stats FROM import_conversations WHERE export_id = $1 "
@@ -227,8 +242,6 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
             "WHERE id = $1", run_id,
             json.dumps({"counts": report["counts"], "other_counts": report["other_counts"],
                         "run": run}, ensure_ascii=False))
-        path = args.report or settings.data_dir / "import-reports" / f"twilio-run-{run_id}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
         write_json(report, str(path))
         print(render_text(report))
         log.info("import.done run=%s messages=%d seconds=%.1f report=%s", run_id,
@@ -350,6 +363,7 @@ async def _upsert_people(conn: asyncpg.Connection, export: Export) -> tuple[int,
            SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
            ON CONFLICT (id) DO NOTHING""",
         [x[0] for x in o], [x[1] for x in o], [x[2] for x in o], [x[3] for x in o])
+    export.twilio_names.clear()  # only needed for the names above
     return int(s1.rsplit(" ", 1)[-1]), int(s2.rsplit(" ", 1)[-1])
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 from .export import ConversationPlan
 
@@ -26,12 +27,27 @@ def plan_stats(plan: ConversationPlan) -> dict[str, Any]:
     }
 
 
+SAMPLE = 100  # list entries kept inside the JSON report; the full lists go to side files
+
+
 class Totals:
-    def __init__(self) -> None:
+    """Sums of per-conversation stats; long lists stream to side files, not memory."""
+
+    def __init__(self, spill_stem: Path | None = None) -> None:
         self.counts: Counter[str] = Counter()
         self.unknown: set[str] = set()
         self.missing_media: list[str] = []
         self.issues: list[dict[str, str]] = []
+        self.n_missing = self.n_issues = 0
+        self.files: dict[str, str] = {}
+        self._missing_f: TextIO | None = None
+        self._issues_f: TextIO | None = None
+        if spill_stem is not None:
+            mpath = spill_stem.with_name(spill_stem.name + ".missing-media.txt")
+            ipath = spill_stem.with_name(spill_stem.name + ".issues.jsonl")
+            self._missing_f = open(mpath, "w", encoding="utf-8")
+            self._issues_f = open(ipath, "w", encoding="utf-8")
+            self.files = {"missing_media_sids": str(mpath), "issues": str(ipath)}
 
     def add(self, stats: dict[str, Any]) -> None:
         for k, v in stats.get("counts", {}).items():
@@ -40,12 +56,33 @@ class Totals:
             else:
                 self.counts[k] += v
         self.unknown.update(stats.get("unknown_identities", ()))
-        self.missing_media.extend(stats.get("missing_media", ()))
-        self.issues.extend(stats.get("issues", ()))
+        for sid in stats.get("missing_media", ()):
+            self.n_missing += 1
+            if len(self.missing_media) < SAMPLE:
+                self.missing_media.append(sid)
+            if self._missing_f is not None:
+                self._missing_f.write(sid + "\n")
+        for issue in stats.get("issues", ()):
+            self.add_issue(issue)
+
+    def add_issue(self, issue: dict[str, str]) -> None:
+        self.n_issues += 1
+        if len(self.issues) < SAMPLE:
+            self.issues.append(issue)
+        if self._issues_f is not None:
+            self._issues_f.write(json.dumps(issue, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        for f in (self._missing_f, self._issues_f):
+            if f is not None:
+                f.close()
 
 
 def build_report(totals: Totals, export_stats: Counter[str], export_issues: list[dict[str, str]],
                  unknown_extra: set[str], run: dict[str, Any]) -> dict[str, Any]:
+    for issue in export_issues:
+        totals.add_issue(issue)
+    totals.close()
     c = Counter(totals.counts)
     c.update({k: v for k, v in export_stats.items()})
     unknown = sorted(totals.unknown | unknown_extra)
@@ -107,7 +144,10 @@ def build_report(totals: Totals, export_stats: Counter[str], export_issues: list
         "other_counts": other,
         "unknown_identity_list": unknown,
         "missing_media_sids": totals.missing_media,
-        "issues": export_issues + totals.issues,
+        "missing_media_sids_total": totals.n_missing,
+        "issues": totals.issues,
+        "issues_total": totals.n_issues,
+        "full_lists": totals.files,
         "run": run,
     }
 
