@@ -249,6 +249,7 @@ class Export:
         self.twilio_names: dict[str, str] = {}
         self.admin_roles: set[str] = set()
         self.unknown_identities: set[str] = set()
+        self._first: dict[str, int] | None = None
 
     # ---- export-wide inputs --------------------------------------------------
     def load_side_files(self) -> None:
@@ -374,32 +375,59 @@ class Export:
         return out
 
     # ---- conversations -----------------------------------------------------------
-    def conversation_records(self) -> Iterator[dict[str, Any]]:
-        """Distinct conversation records in listing order (duplicates counted)."""
-        seen: set[str] = set()
-        for item in self._list_items(self.root / "conversations", "conversations"):
-            self.stats["conversation_records_in_pages"] += 1
-            sid = item.get("sid") if isinstance(item, dict) else None
-            if not isinstance(sid, str) or not _SAFE_SID.match(sid):
-                self.stats["invalid_conversation_records"] += 1
-                continue
-            if sid in seen:
-                self.stats["duplicate_conversation_records"] += 1
-                continue
-            seen.add(sid)
-            yield item
+    def index_listing(self) -> int:
+        """Read the conversation list once, up front: where each sid first occurs.
 
-    def count_conversations(self) -> int:
-        seen: set[str] = set()
+        Built in one go before streaming starts, so the de-duplication map does not
+        grow (and fragment the heap) while the import runs. Returns the count of
+        distinct conversations.
+        """
+        first: dict[str, int] = {}
+        pos = 0
         for path in page_files(self.root / "conversations"):
             try:
-                doc = _any_decoder.decode(path.read_bytes())
-            except (OSError, msgspec.DecodeError):
-                continue
-            for item in doc.get("conversations") or [] if isinstance(doc, dict) else []:
-                if isinstance(item, dict) and isinstance(item.get("sid"), str):
-                    seen.add(item["sid"])
-        return len(seen)
+                data = path.read_bytes()
+            except OSError:
+                continue  # _read_page yields nothing for it either
+            try:
+                doc = _any_decoder.decode(data)
+            except msgspec.DecodeError:
+                try:
+                    doc = json.loads(data)
+                except ValueError:
+                    continue
+            items = doc.get("conversations") if isinstance(doc, dict) else None
+            for item in items if isinstance(items, list) else []:
+                sid = item.get("sid") if isinstance(item, dict) else None
+                if isinstance(sid, str) and sid not in first:
+                    first[sid] = pos
+                pos += 1
+        self._first = first
+        return len(first)
+
+    def conversation_records(self) -> Iterator[dict[str, Any]]:
+        """Distinct conversation records in listing order (duplicates counted)."""
+        if self._first is None:
+            self.index_listing()
+        first = self._first or {}
+        pos = 0
+        for path in page_files(self.root / "conversations"):
+            items = self._read_page(path, "conversations")
+            for item in items:
+                here = pos
+                pos += 1
+                self.stats["conversation_records_in_pages"] += 1
+                sid = item.get("sid") if isinstance(item, dict) else None
+                if not isinstance(sid, str) or not _SAFE_SID.match(sid):
+                    self.stats["invalid_conversation_records"] += 1
+                    continue
+                if first.get(sid) != here:
+                    self.stats["duplicate_conversation_records"] += 1
+                    continue
+                yield item
+
+    def count_conversations(self) -> int:
+        return self.index_listing()
 
     def signature(self, record: dict[str, Any]) -> str:
         """Cheap fingerprint of one conversation: its record and its page files' stat."""

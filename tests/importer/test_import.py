@@ -144,6 +144,11 @@ async def test_import_is_exact_and_rerun_changes_nothing(fresh_db: str, std_expo
     report = json.loads(r1.read_text())
     check_report(report, expected(std_export))
     assert report["run"]["messages_inserted"] == expected(std_export)["counts"]["messages"]
+    missing = expected(std_export)["counts"]["missing_media_files"]
+    assert report["missing_media_sids_total"] == missing
+    side = Path(report["full_lists"]["missing_media_sids"]).read_text().split()
+    assert len(side) == missing and side[:len(report["missing_media_sids"])] == \
+        report["missing_media_sids"]
     conn = await asyncpg.connect(fresh_db)
     try:
         await check_database(conn, std_export, data)
