@@ -7,8 +7,10 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -176,25 +178,47 @@ async def test_import_is_exact_and_rerun_changes_nothing(fresh_db: str, std_expo
         await conn.close()
 
 
-async def test_new_message_continues_after_imported_ones(fresh_db: str, std_export: Path,
-                                                         tmp_path: Path) -> None:
-    """A send that allocates from chats.last_seq/rev lands right after the history."""
-    assert await cli.run_async(importer_argv(std_export, fresh_db, tmp_path / "d")) == 0
+async def test_new_message_over_the_socket_continues_an_imported_chat(
+    fresh_db: str, std_export: Path, tmp_path: Path, node_factory: Any
+) -> None:
+    """After `beseda import-twilio`, a participant sends over a live socket: the
+    message takes last_seq + 1, the other participant gets it, history has both."""
+    from tests.helpers import WsClient
+    from wsserver.auth import mint
+
+    out = subprocess.run(
+        [sys.executable, "-m", "wsserver.cli", "import-twilio", str(std_export),
+         "--data-dir", str(tmp_path / "d"), "--progress", "none"],
+        env=subprocess_env(fresh_db), capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
     conn = await asyncpg.connect(fresh_db)
     try:
-        chat_id, last = await conn.fetchrow(
-            "SELECT id, last_seq FROM chats WHERE last_seq > 0 ORDER BY id LIMIT 1")
-        async with conn.transaction():
-            seq, rev = await conn.fetchrow(
-                "UPDATE chats SET last_seq = last_seq + 1, rev = rev + 1 WHERE id = $1 "
-                "RETURNING last_seq, rev", chat_id)
-            await conn.execute(
-                "INSERT INTO messages (chat_id, seq, rev, created_rev, type, content, "
-                "message_key) VALUES ($1, $2, $3, $3, 'text', '{\"ru\": \"новое\"}', 'k1')",
-                chat_id, seq, rev)
-        assert seq == last + 1 and rev == last + 1
+        chat = await conn.fetchrow(
+            """SELECT c.id, c.last_seq, c.rev, array_agg(p.user_id ORDER BY p.user_id) AS users
+                 FROM chats c JOIN chat_participants p ON p.chat_id = c.id AND p.left_at IS NULL
+                WHERE c.status = 'active' AND c.last_seq > 0
+                GROUP BY c.id HAVING count(*) >= 2 ORDER BY c.id LIMIT 1""")
     finally:
         await conn.close()
+    assert chat is not None
+    node = await node_factory(database_url=fresh_db)
+    url = f"ws://127.0.0.1:{node.ws_port}/ws"
+    sender, reader = chat["users"][0], chat["users"][1]
+    ws_a = await WsClient.connect(url, mint(node.settings, sender, "buyer"))
+    ws_b = await WsClient.connect(url, mint(node.settings, reader, "client"))
+    try:
+        ack = await ws_a.ok("message.send", {
+            "chat_id": chat["id"], "message_key": "after-import-1", "text": "новое после импорта"})
+        assert ack["seq"] == chat["last_seq"] + 1 and ack["rev"] == chat["rev"] + 1
+        event = await ws_b.event("chat.message.new")
+        assert event["data"]["id"] == ack["id"]
+        hist = await ws_b.ok("messages.history", {"chat_id": chat["id"], "limit": 2})
+        assert [m["seq"] for m in hist["messages"]] == [chat["last_seq"], chat["last_seq"] + 1]
+        assert hist["messages"][1]["content"]["ru"] == "новое после импорта"
+    finally:
+        await ws_a.close()
+        await ws_b.close()
 
 
 def _run_and_kill(cmd: list[str], env: dict[str, str], after_lines: int | None,
