@@ -7,9 +7,16 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from wsserver.chatlist import ChatList
+from wsserver.chats import ChatService
+
+from . import internal, legacy
+from .responses import on_http_error
 
 if TYPE_CHECKING:
     from wsserver.app import Node
@@ -36,7 +43,11 @@ def build_app(node: "Node") -> Starlette:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+        *legacy.routes,
+        *internal.routes,
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, exception_handlers={HTTPException: on_http_error})
     app.state.node = node
+    app.state.chatlist = ChatList(node.store)
+    app.state.chats = ChatService(node)
     return app
