@@ -12,10 +12,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from wsserver import store as store_module
+from wsserver.attachments import LinkSigner
 from wsserver.chatlist import ChatList
 from wsserver.chats import ChatService
+from wsserver.storage import LocalStorage
 
-from . import internal, legacy
+from . import attachments, internal, legacy
 from .responses import on_http_error
 
 if TYPE_CHECKING:
@@ -45,9 +48,13 @@ def build_app(node: "Node") -> Starlette:
         Route("/metrics", metrics),
         *legacy.routes,
         *internal.routes,
+        *attachments.routes,
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: on_http_error})
     app.state.node = node
     app.state.chatlist = ChatList(node.store)
     app.state.chats = ChatService(node)
+    app.state.storage = LocalStorage(node.settings.data_dir / "uploads")
+    app.state.signer = LinkSigner(node.settings)
+    store_module.attachment_url = app.state.signer.url
     return app

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -66,6 +66,10 @@ ATTACHMENTS_COL = (
 )
 
 
+# Set by the HTTP app: an attachment id to its signed download link.
+attachment_url: Callable[[int], str] | None = None
+
+
 def message_out(r: Any, attachments: list[dict[str, Any]] | None = None) -> m.MessageOut:
     deleted = r["deleted_at"] is not None
     content = r["content"] or {}
@@ -74,6 +78,8 @@ def message_out(r: Any, attachments: list[dict[str, Any]] | None = None) -> m.Me
             attachments = r["attachments"]
         except KeyError:
             attachments = []
+    if attachments and attachment_url is not None and not deleted:
+        attachments = [{**a, "url": attachment_url(a["id"])} for a in attachments]
     return m.MessageOut(
         id=r["id"],
         chat_id=r["chat_id"],
