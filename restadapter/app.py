@@ -18,7 +18,7 @@ from wsserver.chatlist import ChatList
 from wsserver.chats import ChatService
 from wsserver.storage import LocalStorage
 
-from . import attachments, internal, legacy
+from . import attachments, internal, legacy, translate
 from .responses import on_http_error
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ def build_app(node: "Node") -> Starlette:
         *legacy.routes,
         *internal.routes,
         *attachments.routes,
+        *translate.routes,
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: on_http_error})
     app.state.node = node
