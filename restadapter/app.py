@@ -18,7 +18,7 @@ from wsserver.chatlist import ChatList
 from wsserver.chats import ChatService
 from wsserver.storage import LocalStorage
 
-from . import attachments, internal, legacy, translate
+from . import attachments, internal, legacy, openapi, translate
 from .responses import on_http_error
 
 if TYPE_CHECKING:
@@ -42,7 +42,13 @@ def build_app(node: "Node") -> Starlette:
         node.refresh_gauges()
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    spec = openapi.render().encode()
+
+    async def openapi_json(_request: Request) -> Response:
+        return Response(spec, media_type="application/json")
+
     routes = [
+        Route("/openapi.json", openapi_json),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),

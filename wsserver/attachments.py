@@ -180,4 +180,4 @@ class LinkSigner:
         now = time.time() if now is None else now
         if exp < now:
             return False
-        return hmac.compare_digest(self._sig(att_id, exp), sig)
+        return hmac.compare_digest(self._sig(att_id, exp).encode(), sig.encode("utf-8"))
