@@ -22,8 +22,10 @@ CREATE FUNCTION beseda_grams(t text) RETURNS text[]
 AS $$
 DECLARE
     -- Only the first 4,000 characters are indexed (docs/limits.md).
+    -- Same as beseda_norm, written out: maintenance commands (CREATE INDEX, ANALYZE,
+    -- autovacuum) run with search_path = pg_catalog, where beseda_norm is not found.
     a text[] := regexp_split_to_array(
-        regexp_replace(beseda_norm(left(t, 4000)), '\s+', ' ', 'g'), '');
+        regexp_replace(lower(left(t, 4000) COLLATE pg_c_utf8), '\s+', ' ', 'g'), '');
     n int := cardinality(a);
     o text[] := '{}';
     i int;

@@ -7,8 +7,20 @@ import pytest
 from tests.rest.test_legacy import post
 
 
+@pytest.fixture(params=["per_chat", "index", "index_capped"])
+def search_path(request, monkeypatch):
+    """Runs each search test through every message-search path."""
+    from wsserver import chatlist
+
+    if request.param != "per_chat":
+        monkeypatch.setattr(chatlist, "SEARCH_PER_CHAT_MAX_MESSAGES", 0)
+    if request.param == "index_capped":
+        monkeypatch.setattr(chatlist, "SEARCH_INDEX_CAP", 1)
+    return request.param
+
+
 @pytest.fixture
-async def corpus(api, world):
+async def corpus(api, world, search_path):
     """A client U with four chats of different kinds, and someone else's chat."""
     u = await world.user("client", name="Ульяна")
     seller = await world.user("client", name="Shenzhen Supplier Li")
