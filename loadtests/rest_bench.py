@@ -281,8 +281,7 @@ def scenarios(settings: Settings, counts: dict[str, Any]) -> list[Scenario]:
     list_args = lambda i: (MANAGER, True, "ru", "active", None, 51, ((i % 5)) * 50)  # noqa: E731
 
     async def list_sql(conn: asyncpg.Connection, i: int) -> None:
-        await conn.fetchval("SELECT is_demo FROM users WHERE id = $1", MANAGER)
-        await conn.fetchval("SELECT locale FROM users WHERE id = $1", MANAGER)
+        await conn.fetchrow("SELECT locale, is_demo FROM users WHERE id = $1", MANAGER)
         await conn.fetch(_LIST_SQL, *list_args(i))
 
     words = ["доставка", "invoice", "订单", "发货", "склад", "refund"]
@@ -295,7 +294,7 @@ def scenarios(settings: Settings, counts: dict[str, Any]) -> list[Scenario]:
         async def run(conn: asyncpg.Connection, i: int) -> None:
             uid = user(i)
             q = parse(words[max(i, 0) % len(words)])
-            await conn.fetchval("SELECT locale FROM users WHERE id = $1", uid)
+            await conn.fetchrow("SELECT locale, is_demo FROM users WHERE id = $1", uid)
             vis_rows = await conn.fetch(
                 f"""WITH {_VISIBLE} SELECT c.id, c.last_seq FROM vis JOIN chats c
                      ON c.id = vis.id WHERE c.deleted_at IS NULL""", uid, role == "manager")
@@ -329,11 +328,10 @@ def scenarios(settings: Settings, counts: dict[str, Any]) -> list[Scenario]:
     async def get_chat_sql(conn: asyncpg.Connection, i: int) -> None:
         c = chat_of(i)
         b = buyer_of(c)
-        await conn.fetchval("SELECT is_demo FROM users WHERE id = $1", b)
+        await conn.fetchrow("SELECT locale, is_demo FROM users WHERE id = $1", b)
         await conn.fetchval(
             f"""WITH {_VISIBLE} SELECT 1 FROM vis JOIN chats c ON c.id = vis.id
                  AND c.deleted_at IS NULL WHERE vis.id = $3""", b, False, c)
-        await conn.fetchval("SELECT locale FROM users WHERE id = $1", b)
         await conn.fetch(
             f"WITH page AS (SELECT c.* FROM chats c WHERE c.id = ANY($2::bigint[])) {_DECORATE}",
             b, [c], "ru")
@@ -407,24 +405,34 @@ async def main_async(args: argparse.Namespace) -> int:
         print(f"server at {base_url} (pid {server.pid})", flush=True)
 
         settings = Settings(jwt_secret=SECRET, data_dir=tmp / "data")
-        scs, btoken, buyer_of, chat_of = scenarios(settings, data["counts"])  # type: ignore[misc]
         pool = await asyncpg.create_pool(dsn, min_size=CONCURRENCY, max_size=CONCURRENCY,
                                          init=_jsonb_codec)
+        results: list[dict[str, Any]] = []
         try:
-            results = []
-            for sc in scs:
-                if args.only and args.only not in sc.name:
-                    continue
-                if sc.token:
-                    results += await run_scenarios(base_url, pool, [sc], args.requests)
-                else:
-                    results += await _per_user_get_chat(base_url, pool, sc, args.requests, btoken,
-                                                        buyer_of, chat_of)
+            results += await _run_all(args, base_url, pool, settings, data, "beseda serve")
+            server.terminate()
+            server.wait(timeout=20)
+            server = None
+
+            # The same node in this process: no extra process hop per request, so
+            # the difference to SQL is the adapter's own work.
+            from wsserver.app import Node
+
+            node = Node(settings.with_(database_url=dsn, ws_port=0, http_port=0,
+                                       host="127.0.0.1"))
+            await node.start()
+            try:
+                results += await _run_all(
+                    args, f"http://127.0.0.1:{node.http_port}", pool, settings, data, "in-process"
+                )
+            finally:
+                await node.stop(timeout=5)
         finally:
             await pool.close()
         report = {
             "dataset": data, "concurrency": CONCURRENCY, "requests_per_scenario": args.requests,
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                        "loadavg": [round(x, 1) for x in os.getloadavg()]},
             "results": results,
         }
         write_report(report)
@@ -438,6 +446,26 @@ async def main_async(args: argparse.Namespace) -> int:
             pg.stop(mode="fast")
         if keep is None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _run_all(
+    args: argparse.Namespace, base_url: str, pool: asyncpg.Pool, settings: Settings,
+    data: dict[str, Any], server: str,
+) -> list[dict[str, Any]]:
+    print(f"server: {server}", flush=True)
+    scs, btoken, buyer_of, chat_of = scenarios(settings, data["counts"])  # type: ignore[misc]
+    results: list[dict[str, Any]] = []
+    for sc in scs:
+        if args.only and args.only not in sc.name:
+            continue
+        n = args.requests if "search" not in sc.name else max(50, args.requests // 4)
+        if sc.token:
+            results += await run_scenarios(base_url, pool, [sc], n)
+        else:
+            results += await _per_user_get_chat(base_url, pool, sc, n, btoken, buyer_of, chat_of)
+    for r in results:
+        r["server"] = server
+    return results
 
 
 async def _per_user_get_chat(
@@ -494,20 +522,26 @@ def write_report(report: dict[str, Any]) -> None:
         f"Generated with generate_series in {report['dataset']['generate_total_s']} s "
         "(indexes built after the load).",
         "",
-        f"Load: {report['requests_per_scenario']} requests per scenario at {report['concurrency']} "
+        f"Load: {report['requests_per_scenario']} requests per scenario (search: a quarter) at {report['concurrency']} "
         "concurrent (a quarter of that, at least 50, one at a time), from one client process on 127.0.0.1 against `beseda serve` "
         f"(one process, uvloop) on a {report['machine']['cpus']}-core machine that also runs "
         "PostgreSQL and the client. \"SQL\" is the same statements the endpoint runs "
         "(auth lookups included), sent over asyncpg with the same concurrency, in the same run.",
         "",
-        "| scenario | conc. | REST req/s | REST p50 ms | REST p99 ms | SQL req/s | SQL p50 ms "
+        "Two servers: `beseda serve` in its own process (as deployed; each request crosses one "
+        "more process than its SQL does), and the same node inside the load process, where the "
+        "difference to SQL is the adapter's own work (HTTP, JWT, routing, row shaping, JSON). "
+        f"Load average during the run: {report['machine']['loadavg']} (the machine was shared "
+        "with other jobs, so absolute figures are noisy; REST and SQL ran back to back).",
+        "",
+        "| server | scenario | conc. | REST req/s | REST p50 ms | REST p99 ms | SQL req/s | SQL p50 ms "
         "| SQL p99 ms | p50 REST/SQL | req/s SQL/REST |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         a, s = r["rest"], r["sql"]
         lines.append(
-            f"| {r['scenario']} | {r['concurrency']} | {a['rps']} | {a['p50_ms']} | {a['p99_ms']} | {s['rps']} | "
+            f"| {r['server']} | {r['scenario']} | {r['concurrency']} | {a['rps']} | {a['p50_ms']} | {a['p99_ms']} | {s['rps']} | "
             f"{s['p50_ms']} | {s['p99_ms']} | {r['p50_ratio']}x | {r['rps_ratio']}x |"
         )
     lines += ["", "Generation steps (seconds):", ""]

@@ -171,7 +171,7 @@ async def upload(request: Request) -> Response:
         chat_id = _field_id(up.fields, "chat_id")
         if chat_id is not None and who.role != "service":
             chatlist: ChatList = request.app.state.chatlist
-            await chatlist.chat_detail(Viewer(who.user_id, who.role), chat_id, messages=0)
+            await chatlist.check_visible(Viewer(who.user_id, who.role), chat_id)
         mime, att_type = att.sniff(bytes(up.head))
         declared = up.fields.get("type")
         if declared not in (None, "", att_type):

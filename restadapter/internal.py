@@ -12,7 +12,8 @@ from starlette.routing import Route
 
 from wsserver.chats import ChatService
 from wsserver.errors import BadRequest
-from wsserver.protocol.messages import MAX_ID, Id, MessageKey
+from wsserver.protocol.messages import MAX_ID, Id, MessageKey, encode
+from wsserver.store import send_ack
 
 from .auth import authenticate
 from .params import Query, body, path_id
@@ -79,8 +80,6 @@ async def _auth(request: Request) -> None:
 
 
 def _check_metadata(metadata: dict[str, Any] | None) -> None:
-    from wsserver.protocol.messages import encode
-
     if metadata is not None and len(encode(metadata)) > MAX_METADATA_BYTES:
         raise BadRequest(f"`metadata` is larger than {MAX_METADATA_BYTES} bytes")
 
@@ -192,8 +191,6 @@ async def post_message(request: Request) -> Response:
         chat_id, message_key=b.message_key, text=b.text, type=b.type, user_id=b.user_id,
         metadata=b.metadata, attachments=list(b.attachments), reply_to_id=b.reply_to_id,
     )
-    from wsserver.store import send_ack
-
     return ok(send_ack(msg, duplicate), status=200 if duplicate else 201)
 
 

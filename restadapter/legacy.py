@@ -40,7 +40,7 @@ def _list_endpoint(role: str, *, allow_demo: bool) -> Route:
         archived = q.flag("is_archive")
         page, per_page = q.page()
         items, more = await _chatlist(request).list_chats(
-            Viewer(who.user_id, who.role), archived=archived, group=group,
+            Viewer(who.user_id, who.role, refuse_demo=not allow_demo), archived=archived, group=group,
             page=Page(page, per_page),
         )
         return ok(items, meta=page_meta(page, per_page, more))
@@ -68,7 +68,9 @@ async def buyer_get_chat(request: Request) -> Response:
     who = await authenticate(request, ("buyer",), allow_demo=False)
     chat_id = Query(request).integer("chat_id", required=True)
     assert chat_id is not None
-    chat = await _chatlist(request).chat_detail(Viewer(who.user_id, who.role), chat_id)
+    chat = await _chatlist(request).chat_detail(
+        Viewer(who.user_id, who.role, refuse_demo=True), chat_id
+    )
     return ok(chat)
 
 

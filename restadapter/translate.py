@@ -51,7 +51,7 @@ async def chat_message(request: Request) -> Response:
         locale = await conn.fetchval("SELECT locale FROM users WHERE id = $1", who.user_id)
     if who.role != "service":
         chatlist: ChatList = request.app.state.chatlist
-        await chatlist.chat_detail(Viewer(who.user_id, who.role), b.chat_id, messages=0)
+        await chatlist.check_visible(Viewer(who.user_id, who.role), b.chat_id)
     result = await node.translations.for_request(
         b.chat_id, b.message_key, b.original_text, locale or node.settings.default_lang
     )

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import regex
 
-from .errors import NotFound
+from .errors import Forbidden, NotFound
 from .search import SearchQuery
 from .store import ATTACHMENTS_COL, MSG_COLS, Store, iso, message_out
 
@@ -134,6 +134,7 @@ def chat_item(r: Any) -> dict[str, Any]:
 class Viewer:
     user_id: int
     role: str
+    refuse_demo: bool = False
 
     @property
     def is_manager(self) -> bool:
@@ -156,15 +157,19 @@ class ChatList:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def locale(self, conn: asyncpg.Connection, user_id: int) -> str:
-        loc = await conn.fetchval("SELECT locale FROM users WHERE id = $1", user_id)
-        return str(loc or self.store.default_lang)
+    async def locale(self, conn: asyncpg.Connection, who: Viewer) -> str:
+        """The caller's locale; refuses a demo account (by its projection) where the
+        endpoint does, in the same round trip."""
+        row = await conn.fetchrow("SELECT locale, is_demo FROM users WHERE id = $1", who.user_id)
+        if row is not None and row["is_demo"] and who.refuse_demo:
+            raise Forbidden("demo accounts may not call this endpoint")
+        return str(row["locale"] if row is not None else self.store.default_lang)
 
     async def list_chats(
         self, who: Viewer, *, archived: bool, group: str | None, page: Page
     ) -> tuple[list[dict[str, Any]], bool]:
         async with self.store.connection() as conn:
-            loc = await self.locale(conn, who.user_id)
+            loc = await self.locale(conn, who)
             rows = await conn.fetch(
                 _LIST_SQL, who.user_id, who.is_manager, loc,
                 "archived" if archived else "active", group, page.size + 1, page.offset,
@@ -240,7 +245,7 @@ class ChatList:
         self, who: Viewer, q: SearchQuery, page: Page
     ) -> tuple[list[dict[str, Any]], bool]:
         async with self.store.connection() as conn:
-            loc = await self.locale(conn, who.user_id)
+            loc = await self.locale(conn, who)
             ids = await self.search_ids(conn, who, q)
             chosen = ids[page.offset : page.offset + page.size]
             items = await self.items(conn, who, loc, chosen)
@@ -276,7 +281,7 @@ class ChatList:
         self, who: Viewer, q: SearchQuery, page: Page
     ) -> tuple[list[dict[str, Any]], bool]:
         async with self.store.connection() as conn:
-            loc = await self.locale(conn, who.user_id)
+            loc = await self.locale(conn, who)
             ids = await self.search_ids(conn, who, q)
             extra: list[int] = []
             if q.order_id is not None:
@@ -291,7 +296,7 @@ class ChatList:
 
     async def manager_order(self, who: Viewer, order_id: int) -> dict[str, Any]:
         async with self.store.connection() as conn:
-            loc = await self.locale(conn, who.user_id)
+            loc = await self.locale(conn, who)
             rows = await conn.fetch(
                 f"""WITH {_VISIBLE}
                     SELECT c.id FROM chats c JOIN vis ON vis.id = c.id
@@ -309,8 +314,21 @@ class ChatList:
 
     # -- one chat ------------------------------------------------------------------------
 
+    async def check_visible(self, who: Viewer, chat_id: int) -> None:
+        """NotFound unless the user sees the chat (archived counts, deleted does not)."""
+        async with self.store.connection() as conn:
+            found = await conn.fetchval(
+                f"""WITH {_VISIBLE}
+                    SELECT 1 FROM vis JOIN chats c ON c.id = vis.id AND c.deleted_at IS NULL
+                     WHERE vis.id = $3""",
+                who.user_id, who.is_manager, chat_id,
+            )
+        if found is None:
+            raise NotFound("chat not found")
+
     async def chat_detail(self, who: Viewer, chat_id: int, messages: int = 50) -> dict[str, Any]:
         async with self.store.connection() as conn:
+            loc = await self.locale(conn, who)
             visible = await conn.fetchval(
                 f"""WITH {_VISIBLE}
                     SELECT 1 FROM vis JOIN chats c ON c.id = vis.id AND c.deleted_at IS NULL
@@ -319,7 +337,6 @@ class ChatList:
             )
             if visible is None:
                 raise NotFound("chat not found")
-            loc = await self.locale(conn, who.user_id)
             items = await self.items(conn, who, loc, [chat_id])
             parts = await conn.fetch(
                 """SELECT p.user_id, p.role, u.name, u.role AS user_role, p.last_read_message_id,
