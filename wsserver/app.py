@@ -69,6 +69,7 @@ class Node:
             max_size=pool_max,
             max_inactive_connection_lifetime=60,
             init=Store.connection_init(),
+            reset=Store.connection_reset(),
             **db.connect_kwargs(s),
         )
         self.store = Store(

@@ -249,6 +249,10 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _reset_connection(conn: asyncpg.Connection) -> None:
+    return None
+
+
 class Store:
     def __init__(
         self, pool: asyncpg.Pool, *, default_lang: str = "ru", acquire_timeout_s: float = 5.0
@@ -260,6 +264,14 @@ class Store:
     @staticmethod
     def connection_init() -> Any:
         return _init_connection
+
+    @staticmethod
+    def connection_reset() -> Any:
+        """What the pool runs when a connection comes back. asyncpg already rolls
+        back an open transaction; we keep no session state (no SET, LISTEN or
+        advisory locks on pooled connections), so the default reset query, one
+        round trip per release, is skipped."""
+        return _reset_connection
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
