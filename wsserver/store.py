@@ -208,15 +208,27 @@ RETURNING c.id, c.last_seq - x.n AS seq0, c.rev - x.n AS rev0, now() AS created_
                  WHERE p.chat_id = c.id AND p.left_at IS NULL) AS members
 """
 
+# The sender has read what they sent: their read horizon moves with the insert, so
+# `unread` never counts a user's own messages.
 _INSERT_SQL = """
-INSERT INTO messages (id, chat_id, seq, rev, created_rev, user_id, type, content, lang,
-                      metadata, reply_to_id, message_key)
-SELECT t.id, t.chat_id, t.seq, t.rev, t.rev, t.user_id, t.type, t.content::jsonb, t.lang,
-       t.metadata::jsonb, t.reply_to_id, t.message_key
-  FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
-              $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[])
-       AS t(id, chat_id, seq, rev, user_id, type, content, lang, metadata, reply_to_id,
-            message_key)
+WITH ins AS (
+    INSERT INTO messages (id, chat_id, seq, rev, created_rev, user_id, type, content, lang,
+                          metadata, reply_to_id, message_key)
+    SELECT t.id, t.chat_id, t.seq, t.rev, t.rev, t.user_id, t.type, t.content::jsonb,
+           t.lang, t.metadata::jsonb, t.reply_to_id, t.message_key
+      FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
+                  $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[])
+           AS t(id, chat_id, seq, rev, user_id, type, content, lang, metadata,
+                reply_to_id, message_key)
+    RETURNING id, chat_id, seq, user_id
+)
+UPDATE chat_participants p
+   SET last_read_seq = x.seq, last_read_message_id = x.id, last_read_at = now(),
+       delivered_seq = GREATEST(p.delivered_seq, x.seq)
+  FROM (SELECT DISTINCT ON (chat_id, user_id) chat_id, user_id, seq, id
+          FROM ins WHERE user_id IS NOT NULL
+         ORDER BY chat_id, user_id, seq DESC) x
+ WHERE p.chat_id = x.chat_id AND p.user_id = x.user_id AND p.last_read_seq < x.seq
 """
 
 _CLAIM_ATTACHMENTS_SQL = """
