@@ -1,0 +1,82 @@
+"""BC-02: a slow reader never sees a gap while its socket stays open.
+
+The server may shed a reader that falls too far behind (4009), but it never drops
+an event and keeps the socket open; after a reconnect, `chats.sync` fills the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tests.helpers import send_data
+from tests.wire import RawWs, sync_all
+
+FAST = {"rate_per_s": 100_000.0, "rate_burst": 100_000, "max_pending_requests": 1000}
+
+
+async def read_slowly(raw: RawWs, chat: int, want: int, pause_s: float) -> tuple[list[int], int | None]:
+    """Reads chat.message.new seqs until `want` arrived or the socket closed."""
+    seqs: list[int] = []
+    while len(seqs) < want:
+        msg = await raw.message(timeout=30)
+        if msg is None:
+            return seqs, raw.close_code
+        if msg.get("type") == "chat.message.new" and msg["data"]["chat_id"] == chat:
+            seqs.append(msg["data"]["seq"])
+        await asyncio.sleep(pause_s)
+    return seqs, None
+
+
+async def pump(sender: Any, chat: int, n: int, text: str) -> list[dict[str, Any]]:
+    replies: list[dict[str, Any]] = []
+    for start in range(0, n, 100):
+        futs = [
+            sender.send_nowait("message.send", send_data(chat, f"k{i}", text))
+            for i in range(start, min(n, start + 100))
+        ]
+        replies.extend(await asyncio.wait_for(asyncio.gather(*futs), 60))
+    return replies
+
+
+async def test_slow_reader_sees_no_gap_and_sync_fills_rest_when_shed(world_with):
+    """With a small send queue the slow reader is shed or served; never a hole."""
+    world = await world_with(send_queue_bytes=64 * 1024, **FAST)
+    a, b = await world.user(), await world.user()
+    chat = await world.chat([a, b])
+    n = 1500
+    slow = await RawWs.connect(world.node.ws_port, world.token(b), rcvbuf=8192)
+    sender = await world.connect(a)
+    try:
+        reading = asyncio.get_running_loop().create_task(read_slowly(slow, chat, n, 0.002))
+        replies = await pump(sender, chat, n, "z" * 1000)
+        seqs, code = await asyncio.wait_for(reading, 60)
+    finally:
+        slow.close()
+    assert all(r["type"] == "ack" for r in replies)
+    assert seqs == list(range(1, len(seqs) + 1))
+    if len(seqs) < n:
+        assert code == 4009
+    again = await world.connect(b)
+    rev = seqs[-1] if seqs else 0  # only sends in this chat: rev == seq
+    changes, _ = await sync_all(again, chat, rev)
+    assert seqs + [c["data"]["seq"] for c in changes] == list(range(1, n + 1))
+
+
+async def test_slow_reader_gets_every_event_in_order_when_queue_suffices(world_with):
+    """A reader slower than the sender but within its queue gets 1..n exactly."""
+    world = await world_with(**FAST)
+    a, b = await world.user(), await world.user()
+    chat = await world.chat([a, b])
+    n = 300
+    slow = await RawWs.connect(world.node.ws_port, world.token(b), rcvbuf=8192)
+    sender = await world.connect(a)
+    try:
+        reading = asyncio.get_running_loop().create_task(read_slowly(slow, chat, n, 0.005))
+        replies = await pump(sender, chat, n, "short")
+        seqs, code = await asyncio.wait_for(reading, 60)
+    finally:
+        slow.close()
+    assert all(r["type"] == "ack" for r in replies)
+    assert code is None
+    assert seqs == list(range(1, n + 1))
