@@ -337,3 +337,16 @@ class ServerProcess:
 
 def now() -> float:
     return time.time()
+
+
+async def reply_to(client: Any, rid: str, timeout: float = 15.0) -> dict[str, Any]:
+    """The (first) reply a WsClient got for a request id sent with `raw`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while rid not in client.replies:
+        if loop.time() > deadline:
+            raise TimeoutError(f"no reply to {rid}")
+        if client.closed.is_set():
+            raise ConnectionError(f"closed before a reply to {rid}")
+        await asyncio.sleep(0.01)
+    return client.replies[rid][0]
