@@ -350,3 +350,45 @@ async def reply_to(client: Any, rid: str, timeout: float = 15.0) -> dict[str, An
             raise ConnectionError(f"closed before a reply to {rid}")
         await asyncio.sleep(0.01)
     return client.replies[rid][0]
+
+
+# -- forged tokens ------------------------------------------------------------------
+
+
+def b64url(raw: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def unb64url(text: str) -> bytes:
+    import base64
+
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def hmac_token(header: dict[str, Any], claims: dict[str, Any], secret: str) -> str:
+    """A JWT with any header, signed with HMAC-SHA256 whatever the header says."""
+    import hashlib
+    import hmac
+
+    signing = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
+    sig = hmac.new(secret.encode(), signing.encode(), hashlib.sha256).digest()
+    return f"{signing}.{b64url(sig)}"
+
+
+def unsigned_token(alg: str, claims: dict[str, Any]) -> str:
+    header = b64url(json.dumps({"alg": alg, "typ": "JWT"}).encode())
+    return f"{header}.{b64url(json.dumps(claims).encode())}."
+
+
+def retamper(token: str, **changes: Any) -> str:
+    """The same header and signature over a changed payload."""
+    header, payload, sig = token.split(".")
+    claims = json.loads(unb64url(payload))
+    claims.update(changes)
+    return f"{header}.{b64url(json.dumps(claims).encode())}.{sig}"
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    return json.loads(unb64url(token.split(".")[1]))

@@ -1,0 +1,61 @@
+"""BC-16: unsigned (`alg: none` in any case), stripped and tampered tokens are
+refused: 401 with no upgrade at the handshake, as a header and as `?token=`, and
+`unauthorized` on `auth.refresh`, which keeps the socket's identity and expiry."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.helpers import WsClient, send_data
+from tests.wire import claims_of, handshake, retamper, unsigned_token
+
+
+def variants(valid: str) -> dict[str, str]:
+    claims = claims_of(valid)
+    header, payload, _sig = valid.split(".")
+    return {
+        "alg none": unsigned_token("none", claims),
+        "alg None": unsigned_token("None", claims),
+        "alg NONE": unsigned_token("NONE", claims),
+        "alg none, manager": unsigned_token("none", {**claims, "role": "manager"}),
+        "signature stripped": f"{header}.{payload}.",
+        "signature part missing": f"{header}.{payload}",
+        "payload tampered": retamper(valid, role="manager"),
+        "sub tampered": retamper(valid, sub=str(int(claims["sub"]) + 1)),
+        "exp extended": retamper(valid, exp=claims["exp"] + 86400),
+    }
+
+
+@pytest.mark.parametrize("via_query", [False, True], ids=["header", "query"])
+async def test_handshake_refuses_401_without_upgrade_when_token_is_unsigned_or_tampered(world_with, via_query):
+    """Each forged variant: HTTP 401, no Upgrade, a JSON unauthorized body."""
+    world = await world_with()
+    uid = await world.user()
+    valid = world.token(uid)
+    status, headers, _ = await handshake(world.node.ws_port, valid, via_query=via_query)
+    assert status == 101  # the genuine token is accepted, so the refusals below mean something
+    for name, forged in variants(valid).items():
+        status, headers, body = await handshake(world.node.ws_port, forged, via_query=via_query)
+        assert status == 401, name
+        assert "upgrade" not in headers and "sec-websocket-accept" not in headers, name
+        assert json.loads(body)["error"]["code"] == "unauthorized", name
+
+
+async def test_refresh_with_forged_token_is_unauthorized_and_keeps_identity(world_with):
+    """auth.refresh with each variant fails; the socket still acts as its user."""
+    world = await world_with()
+    a, b = await world.user(), await world.user()
+    chat = await world.chat([a, b])
+    valid = world.token(a, ttl_s=600)
+    wa = await WsClient.connect(world.ws_url, valid)
+    world.clients.append(wa)
+    for name, forged in variants(valid).items():
+        reply = await wa.request("auth.refresh", {"token": forged})
+        assert reply["type"] == "error" and reply["error"]["code"] == "unauthorized", name
+    ack = await wa.ok("message.send", send_data(chat, "k1", "still me"))
+    assert ack["user_id"] == a
+    assert not wa.closed.is_set()
+    session = world.node.registry.sessions_of(a)[0]
+    assert session.identity.exp == claims_of(valid)["exp"] and session.identity.role == "buyer"
