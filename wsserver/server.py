@@ -210,6 +210,9 @@ class ChatServer:
                 self._dispatch(session, frame)
                 if session.closing:
                     break
+            if session.close_task is not None:
+                # Returning first would let the library close with 1000 instead.
+                await session.close_task
         except ConnectionClosed:
             pass
         finally:

@@ -50,7 +50,7 @@ class Session:
     __slots__ = (
         "ws", "conn_id", "identity", "opened_at", "subscriptions", "typing",
         "member_until", "pending", "bucket", "violations", "bad_frames",
-        "expiry_timer", "closing", "queue_limit", "__weakref__",
+        "expiry_timer", "closing", "queue_limit", "close_task", "__weakref__",
     )
 
     def __init__(
@@ -71,6 +71,7 @@ class Session:
         self.expiry_timer: asyncio.TimerHandle | None = None
         self.closing = False
         self.queue_limit = queue_limit
+        self.close_task: asyncio.Task[None] | None = None
 
     @property
     def user_id(self) -> int:
@@ -103,7 +104,7 @@ class Session:
         if self.expiry_timer is not None:
             self.expiry_timer.cancel()
         text = reason or CLOSE_REASONS.get(code, "")
-        asyncio.get_running_loop().create_task(self._close(code, text))
+        self.close_task = asyncio.get_running_loop().create_task(self._close(code, text))
 
     async def _close(self, code: int, reason: str) -> None:
         try:
