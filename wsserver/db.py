@@ -69,8 +69,12 @@ def connect_kwargs(settings: Settings) -> dict[str, Any]:
         "command_timeout": settings.db_statement_timeout_ms / 1000 + 5,
     }
     if settings.pgbouncer:
-        # pgbouncer in transaction mode: no named prepared statements survive.
+        # pgbouncer in transaction mode: no named prepared statements survive, and
+        # it refuses startup parameters it does not know (statement_timeout ...),
+        # so the statement timeout is enforced by the client (docs/deployment.md).
         kwargs["statement_cache_size"] = 0
+        kwargs["server_settings"] = {"application_name": "beseda"}
+        kwargs["command_timeout"] = settings.db_statement_timeout_ms / 1000
     return kwargs
 
 
