@@ -98,7 +98,8 @@ async def migrate(dsn: str) -> list[str]:
     session lock could stay behind on a pooled server connection) are safe.
     """
     applied_now: list[str] = []
-    conn = await asyncpg.connect(dsn)
+    # No statement cache: through pgbouncer named statements do not survive.
+    conn = await asyncpg.connect(dsn, statement_cache_size=0)
     try:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
