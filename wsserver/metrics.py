@@ -60,3 +60,13 @@ BUS_PUBLISH_SECONDS = Histogram(
     "beseda_bus_publish_seconds", "Bus publish latency", buckets=_LATENCY_BUCKETS
 )
 BUS_ERRORS = Counter("beseda_bus_errors_total", "Bus errors by kind", ["kind"])
+
+_request_children: dict[tuple[str, str], Counter] = {}
+
+
+def count_request(kind: str, result: str) -> None:
+    """REQUESTS by (type, result), with the labelled child cached (hot path)."""
+    child = _request_children.get((kind, result))
+    if child is None:
+        child = _request_children[(kind, result)] = REQUESTS.labels(type=kind, result=result)
+    child.inc()

@@ -8,6 +8,7 @@ store. Events go out through the bus, which reaches sockets on every node.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http
 import logging
 import time
@@ -33,7 +34,7 @@ from .protocol.codec import Limits, decode_request, peek_id
 from .receipts import DeliveryTracker
 from .registry import Registry
 from .session import Session
-from .store import SendResult, SendRow, Store, send_ack
+from .store import SendResult, SendRow, Store
 from .writer import BatchWriter, PendingSend
 
 log = logging.getLogger(__name__)
@@ -210,12 +211,14 @@ class ChatServer:
                 self._dispatch(session, frame)
                 if session.closing:
                     break
-            if session.close_task is not None:
-                # Returning first would let the library close with 1000 instead.
-                await session.close_task
         except ConnectionClosed:
             pass
         finally:
+            if session.close_task is not None:
+                # Our close code must win over the 1000 that websockets sends when
+                # the handler returns.
+                with contextlib.suppress(Exception):
+                    await session.close_task
             self._disconnected(session)
 
     def _disconnected(self, session: Session) -> None:
@@ -259,7 +262,7 @@ class ChatServer:
         try:
             kind, req_id, payload = decode_request(frame, self.limits)
         except BesedaError as exc:
-            metrics.REQUESTS.labels(type="invalid", result=exc.code).inc()
+            metrics.count_request("invalid", exc.code)
             metrics.REJECTIONS.labels(reason="size" if exc.code == "too_large" else "invalid").inc()
             session.bad_frames += 1
             session.push(m.error_frame(peek_id(frame), exc.to_wire()), "error")
@@ -270,7 +273,7 @@ class ChatServer:
         if wait > 0.0:
             session.violations += 1
             metrics.REJECTIONS.labels(reason="rate").inc()
-            metrics.REQUESTS.labels(type=kind, result="rate_limited").inc()
+            metrics.count_request(kind, "rate_limited")
             if session.violations > self.settings.rate_violations_before_close:
                 session.close(CloseCode.RATE)
                 return
@@ -278,7 +281,7 @@ class ChatServer:
             return
         if session.pending >= self.settings.max_pending_requests:
             metrics.REJECTIONS.labels(reason="pending").inc()
-            metrics.REQUESTS.labels(type=kind, result="rate_limited").inc()
+            metrics.count_request(kind, "rate_limited")
             self._reply_error(
                 session, req_id, RateLimited(100, "too many requests in flight")
             )
@@ -286,7 +289,7 @@ class ChatServer:
         self._handlers[kind](session, req_id, payload)
 
     def _reply(self, session: Session, req_id: str | None, kind: str, data: Any) -> None:
-        metrics.REQUESTS.labels(type=kind, result="ok").inc()
+        metrics.count_request(kind, "ok")
         if req_id is not None:
             session.push(m.ack_frame(req_id, data), "ack")
 
@@ -309,13 +312,13 @@ class ChatServer:
         try:
             data = await work
         except BesedaError as exc:
-            metrics.REQUESTS.labels(type=kind, result=exc.code).inc()
+            metrics.count_request(kind, exc.code)
             if exc.code == "unavailable":
                 metrics.DB_ERRORS.labels(kind="unavailable").inc()
             self._reply_error(session, req_id, exc)
         except Exception:
             log.exception("request.failed type=%s conn=%s", kind, session.conn_id)
-            metrics.REQUESTS.labels(type=kind, result="internal").inc()
+            metrics.count_request(kind, "internal")
             self._reply_error(session, req_id, Internal())
         else:
             self._reply(session, req_id, kind, data)
@@ -344,16 +347,17 @@ class ChatServer:
         session, req_id = item.context
         session.pending -= 1
         if result.error is not None:
-            metrics.REQUESTS.labels(type="message.send", result=result.error.code).inc()
+            metrics.count_request("message.send", result.error.code)
             self._reply_error(session, req_id, result.error)
             return
         msg = result.message
         assert msg is not None
-        self._reply(session, req_id, "message.send", send_ack(msg, result.duplicate))
+        ack, frame = m.message_frames(msg, req_id, result.duplicate)
+        metrics.count_request("message.send", "ok")
+        session.push(ack, "ack")
         metrics.SEND_TO_ACK.observe(time.perf_counter() - item.received_at)
         if result.duplicate:
             return
-        frame = m.event_frame("chat.message.new", msg)
         reached = self.bus.publish_users(result.members, frame, session.conn_id, "message")
         metrics.COMMIT_TO_DELIVERY.observe(time.perf_counter() - committed)
         self.receipts.note(msg.chat_id, msg.seq, msg.user_id, reached)
@@ -495,7 +499,7 @@ class ChatServer:
             if fresh.exp <= session.identity.exp:
                 raise Unauthorized("token does not extend the current one")
         except Unauthorized as exc:
-            metrics.REQUESTS.labels(type="auth.refresh", result=exc.code).inc()
+            metrics.count_request("auth.refresh", exc.code)
             metrics.REJECTIONS.labels(reason="auth").inc()
             self._reply_error(session, req_id, exc)
             return

@@ -31,10 +31,11 @@ _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
 
 
 def iso(dt: datetime | None) -> str | None:
-    """ISO 8601 UTC with microseconds, as the contract wants."""
+    """ISO 8601 UTC with microseconds, as the contract wants (asyncpg hands out
+    timestamptz values in UTC)."""
     if dt is None:
         return None
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return dt.isoformat(timespec="microseconds")[:26] + "Z"
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -285,10 +286,37 @@ class Store:
 
     # -- sends -----------------------------------------------------------------
 
-    async def write_sends(self, rows: Sequence[SendRow]) -> list[SendResult]:
+    async def write_sends(
+        self, rows: Sequence[SendRow], conn: asyncpg.Connection | None = None
+    ) -> list[SendResult]:
         """Stores a batch in one statement; each row gets its own result."""
+        if conn is not None:
+            try:
+                return await self._write_sends(conn, list(range(len(rows))), rows)
+            except BesedaError:
+                raise
+            except Exception as exc:
+                if is_unavailable(exc):
+                    raise Unavailable("storage unavailable: retry with the same message_key") from exc
+                raise
         async with self.connection() as conn:
             return await self._write_sends(conn, list(range(len(rows))), rows)
+
+    async def lease(self) -> asyncpg.Connection:
+        """A connection kept by a long-lived worker (a writer lane); give it back
+        with `release`."""
+        try:
+            return await self.pool.acquire(timeout=self.acquire_timeout_s)
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise Unavailable("storage unavailable: retry with the same message_key") from exc
+            raise
+
+    async def release(self, conn: asyncpg.Connection) -> None:
+        try:
+            await self.pool.release(conn, timeout=5)
+        except Exception:
+            conn.terminate()
 
     async def _write_sends(
         self, conn: asyncpg.Connection, idxs: list[int], rows: Sequence[SendRow]
