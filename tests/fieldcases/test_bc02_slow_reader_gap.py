@@ -80,3 +80,22 @@ async def test_slow_reader_gets_every_event_in_order_when_queue_suffices(world_w
     assert all(r["type"] == "ack" for r in replies)
     assert code is None
     assert seqs == list(range(1, n + 1))
+
+
+async def test_prompt_readers_are_not_shed_when_a_batch_of_large_frames_lands_at_once(world_with):
+    """A batch of 300 x 8 KB sends commits at once: the sender's acks and the
+    receiver's events (2.4 MB each) exceed the 1 MiB queue within one loop turn,
+    yet both sockets read promptly and neither is closed."""
+    world = await world_with(**FAST)
+    a, b = await world.user(), await world.user()
+    chat = await world.chat([a, b])
+    sender, reader = await world.connect(a), await world.connect(b)
+    futs = [
+        sender.send_nowait("message.send", send_data(chat, f"k{i}", "ы" * 4000))
+        for i in range(300)
+    ]
+    replies = await asyncio.wait_for(asyncio.gather(*futs), 60)
+    assert all(r["type"] == "ack" for r in replies)
+    events = await reader.events_of("chat.message.new", 300)
+    assert [e["data"]["seq"] for e in events] == list(range(1, 301))
+    assert not sender.closed.is_set() and not reader.closed.is_set()
