@@ -71,7 +71,7 @@ def connect_kwargs(settings: Settings) -> dict[str, Any]:
     if settings.pgbouncer:
         # pgbouncer in transaction mode: no named prepared statements survive, and
         # it refuses startup parameters it does not know (statement_timeout ...),
-        # so the statement timeout is enforced by the client (docs/deployment.md).
+        # so the statement timeout is enforced by the client (docs/limits.md).
         kwargs["statement_cache_size"] = 0
         kwargs["server_settings"] = {"application_name": "beseda"}
         kwargs["command_timeout"] = settings.db_statement_timeout_ms / 1000

@@ -47,22 +47,19 @@ async def test_pipelined_frames_get_one_reply_each_when_20_sockets_run_at_once(w
     await asyncio.wait_for(asyncio.gather(*(all_replied(i) for i in range(SOCKETS))), 120)
     await asyncio.sleep(0.3)  # a second reply to any id would show up here
 
-    retry: list[tuple[int, int]] = []
     for i, c in enumerate(clients):
         expected = {f"{p}-{j}" for p in "shr" for j in range(EACH)}
         got = {rid: v for rid, v in c.replies.items() if rid in expected}
         assert set(got) == expected
         assert all(len(v) == 1 for v in got.values())
         errors = [v[0] for v in got.values() if v[0]["type"] != "ack"]
-        # A pool of 5 under 6,000 requests may time out on acquire: that is the
-        # retryable `unavailable` (docs/limits.md), never `internal`.
+        # Reads share a pool of 5 among 4,000 requests and may time out on acquire:
+        # that is the retryable `unavailable` (docs/limits.md), never `internal`.
+        # Sends go through the writer lanes, which keep their own connections.
         assert all(e["error"]["code"] == "unavailable" for e in errors), errors[:3]
-        retry += [(i, int(e["id"][2:])) for e in errors if e["id"].startswith("s-")]
+        assert [e for e in errors if e["id"].startswith("s-")] == []
         assert c.untagged == []
         assert not c.closed.is_set()
-    for i, j in retry:
-        ack = await clients[i].ok("message.send", send_data(chats[i], f"k{j}", f"m{j}"))
-        assert ack["duplicate"] is False
     counts = await world.sql(
         """SELECT chat_id, count(*) AS n, count(DISTINCT message_key) AS keys, max(seq) AS top
              FROM messages WHERE chat_id = ANY($1) GROUP BY chat_id""",
