@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import WsClient, send_data
-from tests.wire import claims_of
+from tests.wire import RawWs, claims_of
 
 LEEWAY_S = 1.0
 
@@ -31,32 +31,42 @@ async def until(moment: float) -> None:
 
 
 async def test_socket_closes_4001_and_stores_nothing_after_expiry_when_client_keeps_sending(world_with):
-    """Typing every 0.5 s and a send every second: 4001 near exp + leeway, and no
-    send made after that is acked or stored."""
+    """A client that never reads keeps typing every 0.5 s and sending every second
+    past exp + leeway: it is closed with 4001, and no send made after exp + leeway
+    is acked or stored, while those made before are."""
     world = await world_with(jwt_leeway_s=LEEWAY_S)
     a, b = await world.user(), await world.user()
     chat = await world.chat([a, b])
-    ws, exp = await open_socket(world, a, 3)
-    sent: list[tuple[float, str, asyncio.Future[dict[str, Any]]]] = []
-    i = 0
-    while not ws.closed.is_set() and time.time() < exp + LEEWAY_S + 5:
-        ws.send_nowait("typing.start", {"chat_id": chat})
-        if i % 2 == 0:
-            key = f"k{i}"
-            sent.append((time.time(), key, ws.send_nowait("message.send", send_data(chat, key, key))))
-        i += 1
-        await asyncio.sleep(0.5)
-    assert await ws.wait_closed(5) == 4001
+    token = world.token(a, ttl_s=3)
+    exp = float(claims_of(token)["exp"])
     cutoff = exp + LEEWAY_S
-    early = [(k, f) for t, k, f in sent if t < exp - 0.5]
-    assert early
-    for key, fut in early:
-        assert (await fut)["type"] == "ack", key
-    outcomes = await asyncio.gather(*(f for _, _, f in sent), return_exceptions=True)
-    acked = {k for (_, k, _), r in zip(sent, outcomes) if isinstance(r, dict) and r["type"] == "ack"}
-    in_time = {k for t, k, _ in sent if t <= cutoff}
-    stored = {r["message_key"] for r in await world.sql("SELECT message_key FROM messages WHERE chat_id = $1", chat)}
-    assert acked <= in_time and stored <= in_time
+    raw = await RawWs.connect(world.node.ws_port, token)
+    sent: list[tuple[float, str]] = []
+    i = 0
+    try:
+        while time.time() < cutoff + 1.5:
+            await raw.send_json({"type": "typing.start", "data": {"chat_id": chat}})
+            if i % 2 == 0:
+                sent.append((time.time(), f"k{i}"))
+                await raw.send_json(
+                    {"type": "message.send", "id": f"k{i}", "data": send_data(chat, f"k{i}", "x")}
+                )
+            i += 1
+            await asyncio.sleep(0.5)
+        code, frames = await raw.until_closed(timeout=10)
+    finally:
+        raw.close()
+    assert code == 4001
+    early = {k for t, k in sent if t < exp - 0.5}
+    late = {k for t, k in sent if t > cutoff}
+    assert early and late
+    acked = {f["id"] for f in frames if f.get("type") == "ack"}
+    stored = {
+        r["message_key"]
+        for r in await world.sql("SELECT message_key FROM messages WHERE chat_id = $1", chat)
+    }
+    assert early <= acked and early <= stored
+    assert acked.isdisjoint(late) and stored.isdisjoint(late)
 
 
 async def test_refresh_extends_socket_past_first_expiry_when_token_is_newer(world_with):
