@@ -11,6 +11,7 @@ import asyncio
 from typing import Any
 
 import asyncpg
+import httpx
 
 from tests.helpers import send_data
 from tests.wire import RawWs, bulk_users
@@ -31,6 +32,17 @@ async def app_backends(world: Any) -> list[asyncpg.Record]:
             WHERE datname = $1 AND application_name = 'beseda' AND pid <> pg_backend_pid()""",
         db_name(world.dsn),
     )
+
+
+async def pool_gauges(http_port: int) -> dict[str, float]:
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"http://127.0.0.1:{http_port}/metrics")).text
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("beseda_db_pool_connections{"):
+            state = line.split('state="', 1)[1].split('"', 1)[0]
+            out[state] = float(line.rsplit(" ", 1)[1])
+    return out
 
 
 async def vanishing_client(port: int, token: str, chat: int, n: int) -> None:
@@ -104,13 +116,18 @@ async def test_send_is_unavailable_within_statement_timeout_when_chats_table_is_
             bound = STATEMENT_TIMEOUT_MS / 1000 + 5
             r1 = await wa.request("message.send", send_data(chat, "k1", "during"), timeout=bound)
             r2 = await wa.request("message.send", send_data(chat, "k2", "during"), timeout=bound)
-            r3 = await wa.request("messages.history", {"chat_id": chat}, timeout=bound)
+            pending = wa.send_nowait("messages.history", {"chat_id": chat})
+            await asyncio.sleep(0.5)
+            gauges = await pool_gauges(world.node.http_port)
+            r3 = await asyncio.wait_for(pending, bound)
         finally:
             await tx.rollback()
     finally:
         await locker.close()
     for reply in (r1, r2, r3):
         assert reply["type"] == "error" and reply["error"]["code"] == "unavailable", reply
+    # /metrics showed the pool busy while the history query waited on the lock
+    assert gauges["max"] == POOL_MAX and gauges["busy"] >= 1
 
     first = [await wa.ok("message.send", send_data(chat, k, "retried")) for k in ("k1", "k2")]
     again = [await wa.ok("message.send", send_data(chat, k, "retried")) for k in ("k1", "k2")]
