@@ -70,7 +70,7 @@ async def test_bad_frame_is_answered_and_connection_still_works(world, case):
 
 
 @pytest.mark.parametrize("frame", ["not json at all", "[1, 2]", '"a string"', "null", "{}"])
-async def test_frame_without_readable_id_gets_untagged_bad_request(world, frame):
+async def test_frame_gets_untagged_bad_request_when_id_is_unreadable(world, frame):
     """A frame with no readable id is answered by an error without id; the socket stays."""
     a, b = await world.user(), await world.user()
     chat = await world.chat([a, b])
@@ -81,7 +81,7 @@ async def test_frame_without_readable_id_gets_untagged_bad_request(world, frame)
     assert [u["error"]["code"] for u in wa.untagged] == ["bad_request"]
 
 
-async def test_unknown_fields_in_data_are_ignored(world):
+async def test_send_is_acked_when_data_has_unknown_fields(world):
     """Extra fields in data do not make a request invalid."""
     a, b = await world.user(), await world.user()
     chat = await world.chat([a, b])
@@ -90,7 +90,7 @@ async def test_unknown_fields_in_data_are_ignored(world):
     assert ack["seq"] == 1
 
 
-async def test_binary_frame_closes_1003_and_stores_nothing(world):
+async def test_socket_closes_1003_and_stores_nothing_when_frame_is_binary(world):
     """A binary frame, even holding valid JSON, closes the connection with 1003."""
     a, b = await world.user(), await world.user()
     chat = await world.chat([a, b])
@@ -100,7 +100,7 @@ async def test_binary_frame_closes_1003_and_stores_nothing(world):
     assert await world.sql("SELECT 1 FROM messages WHERE chat_id = $1", chat) == []
 
 
-async def test_oversized_frame_closes_1009_and_stores_nothing(world):
+async def test_socket_closes_1009_and_stores_nothing_when_frame_is_oversized(world):
     """A frame over 64 KiB closes the connection with 1009."""
     a, b = await world.user(), await world.user()
     chat = await world.chat([a, b])

@@ -28,7 +28,7 @@ def of_type(events: list[dict[str, Any]], type_: str) -> list[dict[str, Any]]:
     return [e for e in events if e["type"] == type_]
 
 
-async def test_edit_event_goes_to_other_sockets_of_participants_only(world):
+async def test_edit_event_reaches_other_participant_sockets_only_when_author_edits(world):
     """a1 edits: a2 and b1 get chat.message.update with the new text; a1 and c1 do not."""
     s = await setup(world)
     ack = await s["a1"].ok("message.edit", {"message_id": s["msg"]["id"], "text": "changed"})
@@ -41,7 +41,7 @@ async def test_edit_event_goes_to_other_sockets_of_participants_only(world):
     assert await s["c1"].quiet(0.1) == []
 
 
-async def test_delete_event_goes_to_other_sockets_of_participants_only(world):
+async def test_delete_event_reaches_other_participant_sockets_only_when_author_deletes(world):
     """a1 deletes: a2 and b1 get chat.message.delete with id, chat_id, rev, deleted_at."""
     s = await setup(world)
     ack = await s["a1"].ok("message.delete", {"message_id": s["msg"]["id"]})
@@ -58,7 +58,7 @@ async def test_delete_event_goes_to_other_sockets_of_participants_only(world):
     assert gone["deleted_at"] == ack["deleted_at"] and set(gone["content"].values()) == {None}
 
 
-async def test_read_status_goes_to_participants_sockets_and_not_the_reader(world):
+async def test_read_status_reaches_participants_but_not_reader_when_horizon_moves(world):
     """b1 reads: a1 and a2 get chat.message.status read with the horizon; c1 nothing."""
     s = await setup(world)
     ack = await s["b1"].ok("message.read", {"chat_id": s["chat"], "message_id": s["msg"]["id"]})
@@ -76,7 +76,7 @@ async def test_read_status_goes_to_participants_sockets_and_not_the_reader(world
     assert await s["c1"].quiet(0.1) == []
 
 
-async def test_second_read_of_same_horizon_sends_no_event(world):
+async def test_read_sends_no_event_when_horizon_is_unchanged(world):
     """Reading the same message again acks but announces nothing new."""
     s = await setup(world)
     await s["b1"].ok("message.read", {"chat_id": s["chat"], "message_id": s["msg"]["id"]})
@@ -87,7 +87,7 @@ async def test_second_read_of_same_horizon_sends_no_event(world):
     assert reads == []
 
 
-async def test_edit_and_delete_of_another_users_message_are_forbidden_and_silent(world):
+async def test_edit_and_delete_are_forbidden_and_silent_when_message_is_another_users(world):
     """b1 may not edit a's message nor delete it (b is a buyer): forbidden, no events."""
     s = await setup(world)
     for type_, data in (

@@ -75,7 +75,7 @@ async def test_history_pages_back_with_before_seq_when_250_messages(world_with):
         ({"limit": True}, "limit"),
     ],
 )
-async def test_history_with_bad_paging_is_bad_request_naming_field(world, data, field):
+async def test_history_is_bad_request_naming_field_when_paging_is_invalid(world, data, field):
     """Out-of-range or ill-typed paging parameters are bad_request by name."""
     a, b = await world.user(), await world.user()
     chat = await world.chat([a, b])

@@ -65,7 +65,7 @@ async def assert_refused(port: int, token: str | None, via_query: bool, name: st
 
 
 @pytest.mark.parametrize("via_query", [False, True], ids=["header", "query"])
-async def test_handshake_is_401_without_upgrade_for_each_bad_token(world_with, via_query):
+async def test_handshake_is_401_without_upgrade_when_token_is_bad(world_with, via_query):
     """Each bad token is refused; the genuine token upgrades (101)."""
     world = await world_with()
     uid = await world.user()

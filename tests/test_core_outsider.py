@@ -61,7 +61,7 @@ async def test_outsider_gets_not_found_like_missing_chat_for_every_request(world
 
 
 @pytest.mark.parametrize("outsider_left", [False, True], ids=["never-member", "left"])
-async def test_outsider_sync_says_reset_with_no_changes(world, outsider_left):
+async def test_sync_says_reset_with_no_changes_when_caller_is_outsider(world, outsider_left):
     """chats.sync on a chat the user cannot see: reset true, no changes, like a missing one."""
     s = await scene(world, outsider_left)
     ack = await s["x"].ok("chats.sync", {"chats": [{"chat_id": s["chat"], "rev": 0}, {"chat_id": MISSING_CHAT, "rev": 0}]})

@@ -32,7 +32,7 @@ BAD_SENDS = [
 
 
 @pytest.mark.parametrize("case", BAD_SENDS, ids=[c[0] for c in BAD_SENDS])
-async def test_send_with_nul_is_bad_request_naming_field_when_burst_with_good_ones(world, case):
+async def test_send_is_bad_request_naming_field_when_burst_holds_nul(world, case):
     """The bad row is refused by name; k1 and k4 around it are stored, seq 1 and 2."""
     _desc, text, metadata, key, field = case
     a, b = await world.user(), await world.user()
@@ -59,7 +59,7 @@ async def test_send_with_nul_is_bad_request_naming_field_when_burst_with_good_on
     assert ack["seq"] == 3
 
 
-async def test_edit_with_nul_is_bad_request_and_leaves_message_unchanged(world):
+async def test_edit_is_bad_request_and_changes_nothing_when_text_has_nul(world):
     """message.edit with U+0000 is refused by field; the stored text stays."""
     a, b = await world.user(), await world.user()
     chat = await world.chat([a, b])
@@ -74,7 +74,7 @@ async def test_edit_with_nul_is_bad_request_and_leaves_message_unchanged(world):
 
 
 @pytest.mark.parametrize("escape", ["\\ud800", "\\udfff", "a\\ud83dz"])
-async def test_send_with_lone_surrogate_is_bad_request_naming_text(world, escape):
+async def test_send_is_bad_request_naming_text_when_it_has_lone_surrogate(world, escape):
     """A lone surrogate escape in text is refused by name, never stored."""
     a, b = await world.user(), await world.user()
     chat = await world.chat([a, b])
@@ -87,7 +87,7 @@ async def test_send_with_lone_surrogate_is_bad_request_naming_text(world, escape
     assert (await world.sql("SELECT count(*) AS n FROM messages WHERE chat_id = $1", chat))[0]["n"] == 0
 
 
-async def test_send_with_escaped_backslash_u0000_is_stored_byte_exact(world):
+async def test_send_is_stored_byte_exact_when_text_has_escaped_backslash_u0000(world):
     """The six characters backslash-u-0-0-0-0 are text, not NUL: stored as sent."""
     a, b = await world.user(), await world.user()
     chat = await world.chat([a, b])

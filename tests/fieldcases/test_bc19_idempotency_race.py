@@ -69,7 +69,7 @@ async def test_racing_same_key_with_different_text_acks_the_stored_text(world_wi
         assert winner["content"][winner["lang"]] == text
 
 
-async def test_retry_with_different_text_after_ack_returns_first_text(world):
+async def test_send_returns_first_text_when_key_is_retried_with_other_text(world):
     """A later copy of a stored key is a duplicate carrying the first text."""
     a, b = await world.user(), await world.user()
     chat = await world.chat([a, b])

@@ -47,7 +47,7 @@ TOO_LARGE = [
 
 
 @pytest.mark.parametrize("text", [t for _, t in TOO_LARGE], ids=[n for n, _ in TOO_LARGE])
-async def test_send_over_text_limit_is_too_large_and_keeps_connection(world, text):
+async def test_send_is_too_large_and_keeps_connection_when_text_is_over_limit(world, text):
     """The error carries the request id; nothing is stored; the socket still works."""
     chat, wa = await pair(world)
     await wa.raw(frame("big", chat, "k-big", text))
@@ -60,7 +60,7 @@ async def test_send_over_text_limit_is_too_large_and_keeps_connection(world, tex
 
 
 @pytest.mark.parametrize("text", ["я" * (LIMIT // 2), "😀" * (LIMIT // 4), "a" * LIMIT], ids=["cyrillic", "emoji", "ascii"])
-async def test_send_at_exactly_text_limit_bytes_is_stored_byte_exact(world, text):
+async def test_send_is_stored_byte_exact_when_text_is_exactly_at_byte_limit(world, text):
     """32,768 UTF-8 bytes is within the limit, whatever the character count."""
     chat, wa = await pair(world)
     await wa.raw(frame("edge", chat, "k-edge", text))
@@ -70,7 +70,7 @@ async def test_send_at_exactly_text_limit_bytes_is_stored_byte_exact(world, text
     assert history["messages"][0]["content"][ack["data"]["lang"]] == text
 
 
-async def test_edit_and_metadata_over_limit_are_too_large(world):
+async def test_edit_and_send_are_too_large_when_text_or_metadata_is_over_limit(world):
     """message.edit text and metadata over 4 KiB are too_large, nothing changes."""
     chat, wa = await pair(world)
     sent = await wa.ok("message.send", send_data(chat, "k1", "small"))
@@ -83,7 +83,7 @@ async def test_edit_and_metadata_over_limit_are_too_large(world):
     assert len(rows) == 1 and rows[0]["edited_at"] is None
 
 
-async def test_frame_over_64_kib_closes_1009(world):
+async def test_socket_closes_1009_when_frame_is_over_64_kib(world):
     """A 2 MiB text frame closes the connection with 1009 and stores nothing."""
     chat, wa = await pair(world)
     await wa.raw(frame("huge", chat, "k-huge", "x" * (2 * 1024 * 1024)))
@@ -92,7 +92,7 @@ async def test_frame_over_64_kib_closes_1009(world):
     assert await count(world, chat) == 0
 
 
-async def test_repeated_too_large_sends_end_in_policy_close_and_server_lives(world):
+async def test_socket_closes_1008_or_4008_and_server_lives_when_too_large_sends_repeat(world):
     """A flood of over-limit texts ends with 1008 or 4008, and others still chat."""
     chat, wa = await pair(world)
     text = "x" * 40_000
@@ -135,7 +135,7 @@ async def deflate_server(fresh_db: str, tmp_path: Path) -> Any:
         proc.stop()
 
 
-async def test_compressed_bomb_closes_1009_without_inflating_it(deflate_server, fresh_db, tmp_path, new_id):
+async def test_socket_closes_1009_without_inflating_when_deflated_frame_is_a_bomb(deflate_server, fresh_db, tmp_path, new_id):
     """32 MiB of 'a' deflated to ~32 KB: closed 1009, the server's peak RSS barely moves."""
     world = World(fresh_db, Settings(jwt_secret=SECRET, data_dir=tmp_path / "mint"), "", new_id)
     uid = await world.user()
