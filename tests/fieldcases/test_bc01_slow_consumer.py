@@ -48,6 +48,14 @@ async def slow_closes(http: httpx.AsyncClient, server: ServerProcess) -> float:
     return 0.0
 
 
+async def open_sockets(http: httpx.AsyncClient, server: ServerProcess) -> float:
+    resp = await http.get(f"http://127.0.0.1:{server.http_port}/metrics")
+    for line in resp.text.splitlines():
+        if line.startswith("beseda_connections_open "):
+            return float(line.split()[1])
+    raise AssertionError("no beseda_connections_open metric")
+
+
 @pytest.fixture
 async def server(fresh_db: str, tmp_path: Path) -> Any:
     proc = ServerProcess(
@@ -73,7 +81,8 @@ async def server(fresh_db: str, tmp_path: Path) -> Any:
 async def test_slow_consumer_is_shed_4009_and_memory_stays_bounded_when_it_stops_reading(
     server: ServerProcess, fresh_db: str, tmp_path: Path, new_id: Any
 ) -> None:
-    """A stuck reader is closed with 4009, RSS stays bounded, sync gives all once."""
+    """A stuck reader is closed with 4009, RSS stays bounded, sync gives all once,
+    and a device that never reads again is let go too."""
     settings = Settings(jwt_secret=SECRET, data_dir=tmp_path / "mint")
     world = World(fresh_db, settings, f"ws://127.0.0.1:{server.ws_port}/ws", new_id)
     a, b, d = await world.user(), await world.user(), await world.user()
@@ -85,6 +94,8 @@ async def test_slow_consumer_is_shed_4009_and_memory_stays_bounded_when_it_stops
     await stuck.send_json({"type": "chat.subscribe", "id": "s1", "data": {"chat_id": chat}})
     sub_ack = await stuck.message()
     assert sub_ack is not None and sub_ack["type"] == "ack" and sub_ack["id"] == "s1"
+    # a second device of B that never reads again, not even after being shed
+    frozen = await RawWs.connect(server.ws_port, world.token(b), rcvbuf=4096)
 
     sender = await WsClient.connect(world.ws_url, world.token(a))
     try:
@@ -98,13 +109,13 @@ async def test_slow_consumer_is_shed_4009_and_memory_stays_bounded_when_it_stops
         reader: asyncio.Task[tuple[int | None, list[dict[str, Any]]]] | None = None
 
         async def sample() -> None:
-            # Samples RSS; once the server reports the shed, the stuck client
-            # starts reading again so that it can see the close frame.
+            # Samples RSS; once the server reports both B sockets shed, one
+            # of them starts reading again so that it can see its close frame.
             nonlocal peak, reader
             async with httpx.AsyncClient() as http:
                 while sampling:
                     peak = max(peak, rss_bytes(server.pid))
-                    if reader is None and await slow_closes(http, server) > 0:
+                    if reader is None and await slow_closes(http, server) >= 2:
                         stuck.widen(1024 * 1024)
                         reader = asyncio.get_running_loop().create_task(
                             stuck.until_closed(timeout=30)
@@ -146,3 +157,13 @@ async def test_slow_consumer_is_shed_4009_and_memory_stays_bounded_when_it_stops
         assert tail == []
     finally:
         await again.close()
+
+    # The frozen device never read its close frame: the server still let it go
+    # (after its close timeout), so no socket is left open on the server.
+    async with httpx.AsyncClient() as http:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while await open_sockets(http, server) > 0 and loop.time() < deadline:
+            await asyncio.sleep(0.25)
+        assert await open_sockets(http, server) == 0
+    frozen.close()
