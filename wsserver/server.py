@@ -28,6 +28,14 @@ from .auth import Identity, TokenVerifier
 from .bus.base import Bus
 from .config import Settings
 from .errors import BesedaError, CloseCode, Internal, NotFound, RateLimited, Unauthorized
+from .limits import (
+    ConnectionLimiter,
+    TrackedConnection,
+    close_origin,
+    count_close,
+    peer_ip,
+)
+from .logs import field
 from .presence import MemoryPresence
 from .protocol import messages as m
 from .protocol.codec import Limits, decode_request, peek_id
@@ -40,6 +48,7 @@ from .writer import BatchWriter, PendingSend
 log = logging.getLogger(__name__)
 
 MEMBERSHIP_TTL_S = 30.0
+CLOSE_WAIT_S = 10.0  # past websockets' close_timeout (5 s)
 
 
 def bearer_token(request: Request) -> str | None:
@@ -84,6 +93,7 @@ class ChatServer:
         self.limits = Limits(settings.max_text_bytes, settings.max_metadata_bytes)
         self.presence = MemoryPresence(settings.typing_ttl_s, self._typing_lapsed)
         self.receipts = DeliveryTracker(store, bus)
+        self.limiter = ConnectionLimiter(settings.max_connections_per_ip)
         self._server: WsServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.accepting = True
@@ -133,6 +143,7 @@ class ChatServer:
             open_timeout=s.handshake_timeout_s,
             server_header=None,
             reuse_port=False,
+            create_connection=TrackedConnection,
         )
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
@@ -163,12 +174,15 @@ class ChatServer:
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
         if path != "/ws":
-            metrics.HANDSHAKES.labels(outcome="not_found").inc()
             return _json_response(http.HTTPStatus.NOT_FOUND, "not_found", "no such endpoint")
         if not self.accepting:
-            metrics.HANDSHAKES.labels(outcome="draining").inc()
             return _json_response(
                 http.HTTPStatus.SERVICE_UNAVAILABLE, "unavailable", "node is draining"
+            )
+        ip = peer_ip(conn)
+        if self.limiter.ip_full(ip):
+            return self._refuse_limited(
+                conn, "connections_ip", "too many connections from this address"
             )
         token = bearer_token(request)
         try:
@@ -176,18 +190,22 @@ class ChatServer:
                 raise Unauthorized("missing token")
             identity = self.verifier.verify(token)
         except Unauthorized as exc:
-            metrics.HANDSHAKES.labels(outcome="unauthorized").inc()
             metrics.REJECTIONS.labels(reason="auth").inc()
-            log.info("conn.refused reason=%s", exc.message)
+            log.info(
+                "conn.refused hs=%s reason=%s", conn.id.hex[:12], field(exc.message)
+            )
             return _json_response(http.HTTPStatus.UNAUTHORIZED, "unauthorized", exc.message)
         if self.registry.connections_of(identity.user_id) >= self.settings.max_connections_per_user:
-            metrics.HANDSHAKES.labels(outcome="limited").inc()
-            metrics.REJECTIONS.labels(reason="connections").inc()
-            return _json_response(
-                http.HTTPStatus.TOO_MANY_REQUESTS, "rate_limited", "too many connections"
-            )
+            return self._refuse_limited(conn, "connections_user", "too many connections")
         conn.identity = identity  # type: ignore[attr-defined]
+        conn.peer_ip = ip  # type: ignore[attr-defined]
         return None
+
+    def _refuse_limited(self, conn: ServerConnection, reason: str, message: str) -> Response:
+        """A connection limit answers HTTP 429 with a JSON error, before any upgrade."""
+        metrics.REJECTIONS.labels(reason=reason).inc()
+        log.info("conn.refused hs=%s reason=%s", conn.id.hex[:12], reason)
+        return _json_response(http.HTTPStatus.TOO_MANY_REQUESTS, "rate_limited", message)
 
     # -- connection --------------------------------------------------------------
 
@@ -195,9 +213,10 @@ class ChatServer:
         identity: Identity = ws.identity  # type: ignore[attr-defined]
         s = self.settings
         session = Session(ws, identity, self.node_id, s.send_queue_bytes, s.rate_per_s, s.rate_burst)
+        ip: str = ws.peer_ip  # type: ignore[attr-defined]
         self.registry.add(session)
+        self.limiter.opened(ip)
         self._schedule_expiry(session)
-        metrics.HANDSHAKES.labels(outcome="ok").inc()
         metrics.CONNECTIONS_OPEN.inc()
         log.info("conn.open conn=%s user=%s role=%s", session.conn_id, identity.user_id, identity.role)
         debug = log.isEnabledFor(logging.DEBUG)
@@ -219,7 +238,9 @@ class ChatServer:
                 # the handler returns.
                 with contextlib.suppress(Exception):
                     await session.close_task
+            self.limiter.closed(ip)
             self._disconnected(session)
+            await self._closed(session)
 
     def _disconnected(self, session: Session) -> None:
         session.closing = True
@@ -230,12 +251,20 @@ class ChatServer:
         for chat_id in list(session.typing):
             if self.presence.stop_typing(chat_id, session.user_id):
                 self._publish_typing(chat_id, session.user_id, False, None)
+
+    async def _closed(self, session: Session) -> None:
+        """Counts and logs the close once the closing handshake is over (bounded by
+        close_timeout), so a close the server started is counted with its own code."""
         ws = session.ws
-        code = ws.close_code if ws.close_code is not None else 1006
-        metrics.CLOSES.labels(code=str(code)).inc()
+        try:
+            await asyncio.wait_for(ws.wait_closed(), CLOSE_WAIT_S)
+        except asyncio.TimeoutError:
+            pass
+        code = count_close(ws)
+        by, reason = close_origin(ws)
         log.info(
-            "conn.closed conn=%s user=%s code=%s reason=%s dur_s=%.1f",
-            session.conn_id, session.user_id, code, (ws.close_reason or "")[:120],
+            "conn.closed conn=%s user=%s code=%s by=%s reason=%s dur_s=%.1f",
+            session.conn_id, session.user_id, code, by, field(reason),
             time.monotonic() - session.opened_at,
         )
 
@@ -313,8 +342,6 @@ class ChatServer:
             data = await work
         except BesedaError as exc:
             metrics.count_request(kind, exc.code)
-            if exc.code == "unavailable":
-                metrics.DB_ERRORS.labels(kind="unavailable").inc()
             self._reply_error(session, req_id, exc)
         except Exception:
             log.exception("request.failed type=%s conn=%s", kind, session.conn_id)

@@ -147,11 +147,9 @@ class BatchWriter:
         try:
             results = await self._write(lane, [item.row for item in unique])
         except BesedaError as exc:
-            metrics.DB_ERRORS.labels(kind=exc.code).inc()
             results = [SendResult(error=exc) for _ in unique]
         except Exception:
             log.exception("writer.batch_failed size=%d", len(unique))
-            metrics.DB_ERRORS.labels(kind="internal").inc()
             results = [SendResult(error=Internal()) for _ in unique]
         committed = time.perf_counter()
         metrics.WRITER_BATCH_SIZE.observe(len(unique))

@@ -106,7 +106,7 @@ class MessageOut(Struct, omit_defaults=False):
     type: str
     content: Content
     lang: str | None
-    metadata: dict[str, Any]
+    metadata: Any  # a dict, or msgspec.Raw of the JSON object as the sender gave it
     attachments: list[dict[str, Any]]
     reply_to_id: int | None
     message_key: str
