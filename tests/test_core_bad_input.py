@@ -25,28 +25,137 @@ def send_without(chat: int, name: str) -> dict[str, Any]:
 
 # (name, frame builder taking the chat id, expected code, words the message must hold)
 CASES: list[tuple[str, Any, str, list[str]]] = [
-    ("malformed json", lambda c: '{"type": "message.send", "id": "bad", "data": {', "bad_request", []),
-    ("trailing garbage", lambda c: envelope("message.send", send_data(c, "k", "t")) + "]", "bad_request", []),
-    ("chat_id true", lambda c: envelope("message.send", {**send_data(c, "k", "t"), "chat_id": True}), "bad_request", ["chat_id"]),
-    ("chat_id as string", lambda c: envelope("message.send", {**send_data(c, "k", "t"), "chat_id": str(c)}), "bad_request", ["chat_id"]),
-    ("chat_id float", lambda c: envelope("message.send", {**send_data(c, "k", "t"), "chat_id": c + 0.5}), "bad_request", ["chat_id"]),
-    ("chat_id zero", lambda c: envelope("message.send", {**send_data(c, "k", "t"), "chat_id": 0}), "bad_request", ["chat_id"]),
-    ("text as number", lambda c: envelope("message.send", {**send_data(c, "k", "t"), "text": 5}), "bad_request", ["text"]),
-    ("unknown type", lambda c: envelope("message.explode", {"chat_id": c}), "bad_request", ["message.explode"]),
-    ("missing chat_id", lambda c: envelope("message.send", send_without(c, "chat_id")), "bad_request", ["chat_id"]),
-    ("missing message_key", lambda c: envelope("message.send", send_without(c, "message_key")), "bad_request", ["message_key"]),
-    ("missing text", lambda c: envelope("message.send", send_without(c, "text")), "bad_request", ["text"]),
-    ("empty message_key", lambda c: envelope("message.send", send_data(c, "", "t")), "bad_request", ["message_key"]),
-    ("message_key of 65", lambda c: envelope("message.send", send_data(c, "k" * 65, "t")), "bad_request", ["message_key"]),
-    ("bad message type", lambda c: envelope("message.send", {**send_data(c, "k", "t"), "type": "video"}), "bad_request", ["type"]),
+    (
+        "malformed json",
+        lambda c: '{"type": "message.send", "id": "bad", "data": {',
+        "bad_request",
+        [],
+    ),
+    (
+        "trailing garbage",
+        lambda c: envelope("message.send", send_data(c, "k", "t")) + "]",
+        "bad_request",
+        [],
+    ),
+    (
+        "chat_id true",
+        lambda c: envelope("message.send", {**send_data(c, "k", "t"), "chat_id": True}),
+        "bad_request",
+        ["chat_id"],
+    ),
+    (
+        "chat_id as string",
+        lambda c: envelope(
+            "message.send", {**send_data(c, "k", "t"), "chat_id": str(c)}
+        ),
+        "bad_request",
+        ["chat_id"],
+    ),
+    (
+        "chat_id float",
+        lambda c: envelope(
+            "message.send", {**send_data(c, "k", "t"), "chat_id": c + 0.5}
+        ),
+        "bad_request",
+        ["chat_id"],
+    ),
+    (
+        "chat_id zero",
+        lambda c: envelope("message.send", {**send_data(c, "k", "t"), "chat_id": 0}),
+        "bad_request",
+        ["chat_id"],
+    ),
+    (
+        "text as number",
+        lambda c: envelope("message.send", {**send_data(c, "k", "t"), "text": 5}),
+        "bad_request",
+        ["text"],
+    ),
+    (
+        "unknown type",
+        lambda c: envelope("message.explode", {"chat_id": c}),
+        "bad_request",
+        ["message.explode"],
+    ),
+    (
+        "missing chat_id",
+        lambda c: envelope("message.send", send_without(c, "chat_id")),
+        "bad_request",
+        ["chat_id"],
+    ),
+    (
+        "missing message_key",
+        lambda c: envelope("message.send", send_without(c, "message_key")),
+        "bad_request",
+        ["message_key"],
+    ),
+    (
+        "missing text",
+        lambda c: envelope("message.send", send_without(c, "text")),
+        "bad_request",
+        ["text"],
+    ),
+    (
+        "empty message_key",
+        lambda c: envelope("message.send", send_data(c, "", "t")),
+        "bad_request",
+        ["message_key"],
+    ),
+    (
+        "message_key of 65",
+        lambda c: envelope("message.send", send_data(c, "k" * 65, "t")),
+        "bad_request",
+        ["message_key"],
+    ),
+    (
+        "bad message type",
+        lambda c: envelope("message.send", {**send_data(c, "k", "t"), "type": "video"}),
+        "bad_request",
+        ["type"],
+    ),
     ("data not an object", lambda c: envelope("message.send", 5), "bad_request", []),
-    ("missing envelope type", lambda c: json.dumps({"id": "bad", "data": {}}), "bad_request", ["type"]),
-    ("type not a string", lambda c: json.dumps({"type": 7, "id": "bad", "data": {}}), "bad_request", ["type"]),
-    ("text over the limit", lambda c: envelope("message.send", send_data(c, "k", "x" * 33_000)), "too_large", ["text"]),
-    ("edit text as bool", lambda c: envelope("message.edit", {"message_id": 1, "text": True}), "bad_request", ["text"]),
-    ("read message_id as string", lambda c: envelope("message.read", {"chat_id": c, "message_id": "1"}), "bad_request", ["message_id"]),
-    ("sync chats not a list", lambda c: envelope("chats.sync", {"chats": {"chat_id": c}}), "bad_request", ["chats"]),
-    ("sync rev as string", lambda c: envelope("chats.sync", {"chats": [{"chat_id": c, "rev": "0"}]}), "bad_request", ["rev"]),
+    (
+        "missing envelope type",
+        lambda c: json.dumps({"id": "bad", "data": {}}),
+        "bad_request",
+        ["type"],
+    ),
+    (
+        "type not a string",
+        lambda c: json.dumps({"type": 7, "id": "bad", "data": {}}),
+        "bad_request",
+        ["type"],
+    ),
+    (
+        "text over the limit",
+        lambda c: envelope("message.send", send_data(c, "k", "x" * 33_000)),
+        "too_large",
+        ["text"],
+    ),
+    (
+        "edit text as bool",
+        lambda c: envelope("message.edit", {"message_id": 1, "text": True}),
+        "bad_request",
+        ["text"],
+    ),
+    (
+        "read message_id as string",
+        lambda c: envelope("message.read", {"chat_id": c, "message_id": "1"}),
+        "bad_request",
+        ["message_id"],
+    ),
+    (
+        "sync chats not a list",
+        lambda c: envelope("chats.sync", {"chats": {"chat_id": c}}),
+        "bad_request",
+        ["chats"],
+    ),
+    (
+        "sync rev as string",
+        lambda c: envelope("chats.sync", {"chats": [{"chat_id": c, "rev": "0"}]}),
+        "bad_request",
+        ["rev"],
+    ),
 ]
 
 
@@ -69,7 +178,9 @@ async def test_bad_frame_is_answered_and_connection_still_works(world, case):
     assert [r["message_key"] for r in rows] == ["k-good"]
 
 
-@pytest.mark.parametrize("frame", ["not json at all", "[1, 2]", '"a string"', "null", "{}"])
+@pytest.mark.parametrize(
+    "frame", ["not json at all", "[1, 2]", '"a string"', "null", "{}"]
+)
 async def test_frame_gets_untagged_bad_request_when_id_is_unreadable(world, frame):
     """A frame with no readable id is answered by an error without id; the socket stays."""
     a, b = await world.user(), await world.user()
@@ -86,7 +197,10 @@ async def test_send_is_acked_when_data_has_unknown_fields(world):
     a, b = await world.user(), await world.user()
     chat = await world.chat([a, b])
     wa = await world.connect(a)
-    ack = await wa.ok("message.send", {**send_data(chat, "k", "hello"), "colour": "red", "extra": {"x": 1}})
+    ack = await wa.ok(
+        "message.send",
+        {**send_data(chat, "k", "hello"), "colour": "red", "extra": {"x": 1}},
+    )
     assert ack["seq"] == 1
 
 

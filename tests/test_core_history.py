@@ -34,17 +34,23 @@ async def test_history_pages_forward_with_after_seq_when_250_messages(world_with
     pages = []
     after = 0
     while True:
-        page = await wb.ok("messages.history", {"chat_id": chat, "after_seq": after, "limit": 100})
+        page = await wb.ok(
+            "messages.history", {"chat_id": chat, "after_seq": after, "limit": 100}
+        )
         pages.append(page)
         if not page["has_more"]:
             break
         after = page["messages"][-1]["seq"]
     assert [[m["seq"] for m in p["messages"]] for p in pages] == [
-        list(range(1, 101)), list(range(101, 201)), list(range(201, 251)),
+        list(range(1, 101)),
+        list(range(101, 201)),
+        list(range(201, 251)),
     ]
     assert [p["has_more"] for p in pages] == [True, True, False]
     assert pages[0]["messages"][0]["content"][pages[0]["messages"][0]["lang"]] == "m0"
-    tail = await wb.ok("messages.history", {"chat_id": chat, "after_seq": TOTAL, "limit": 100})
+    tail = await wb.ok(
+        "messages.history", {"chat_id": chat, "after_seq": TOTAL, "limit": 100}
+    )
     assert tail == {"messages": [], "has_more": False}
 
 
@@ -55,13 +61,24 @@ async def test_history_pages_back_with_before_seq_when_250_messages(world_with):
     pages = [await wb.ok("messages.history", {"chat_id": chat, "limit": 100})]
     while pages[-1]["has_more"]:
         before = pages[-1]["messages"][0]["seq"]
-        pages.append(await wb.ok("messages.history", {"chat_id": chat, "before_seq": before, "limit": 100}))
+        pages.append(
+            await wb.ok(
+                "messages.history",
+                {"chat_id": chat, "before_seq": before, "limit": 100},
+            )
+        )
     assert [[m["seq"] for m in p["messages"]] for p in pages] == [
-        list(range(151, 251)), list(range(51, 151)), list(range(1, 51)),
+        list(range(151, 251)),
+        list(range(51, 151)),
+        list(range(1, 51)),
     ]
     assert [p["has_more"] for p in pages] == [True, True, False]
-    exact = await wb.ok("messages.history", {"chat_id": chat, "before_seq": 101, "limit": 100})
-    assert [m["seq"] for m in exact["messages"]] == list(range(1, 101)) and exact["has_more"] is False
+    exact = await wb.ok(
+        "messages.history", {"chat_id": chat, "before_seq": 101, "limit": 100}
+    )
+    assert [m["seq"] for m in exact["messages"]] == list(range(1, 101)) and exact[
+        "has_more"
+    ] is False
 
 
 @pytest.mark.parametrize(
@@ -75,7 +92,9 @@ async def test_history_pages_back_with_before_seq_when_250_messages(world_with):
         ({"limit": True}, "limit"),
     ],
 )
-async def test_history_is_bad_request_naming_field_when_paging_is_invalid(world, data, field):
+async def test_history_is_bad_request_naming_field_when_paging_is_invalid(
+    world, data, field
+):
     """Out-of-range or ill-typed paging parameters are bad_request by name."""
     a, b = await world.user(), await world.user()
     chat = await world.chat([a, b])
@@ -93,7 +112,9 @@ async def test_history_of_large_messages_pages_by_size_and_keeps_socket(world_wi
     forward: list[int] = []
     after, pages = 0, 0
     while True:
-        page = await wb.ok("messages.history", {"chat_id": chat, "after_seq": after, "limit": 100})
+        page = await wb.ok(
+            "messages.history", {"chat_id": chat, "after_seq": after, "limit": 100}
+        )
         pages += 1
         forward += [m["seq"] for m in page["messages"]]
         if not page["has_more"]:
@@ -104,7 +125,10 @@ async def test_history_of_large_messages_pages_by_size_and_keeps_socket(world_wi
     page = await wb.ok("messages.history", {"chat_id": chat, "limit": 100})
     backward = [m["seq"] for m in page["messages"]]
     while page["has_more"]:
-        page = await wb.ok("messages.history", {"chat_id": chat, "before_seq": backward[0], "limit": 100})
+        page = await wb.ok(
+            "messages.history",
+            {"chat_id": chat, "before_seq": backward[0], "limit": 100},
+        )
         backward = [m["seq"] for m in page["messages"]] + backward
     assert backward == list(range(1, 41))
     assert not wb.closed.is_set()

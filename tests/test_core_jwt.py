@@ -23,7 +23,9 @@ AUDIENCE = "beseda-test"
 def rsa_pem() -> bytes:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
     )
 
 
@@ -42,22 +44,36 @@ def bad_tokens(world: Any, uid: int) -> dict[str, str]:
     return {
         "alg none": unsigned_token("none", claims),
         "HS512 with the secret": hs512(claims, secret),
-        "RS256 header, HMAC with the secret": hmac_token({"alg": "RS256", "typ": "JWT"}, claims, secret),
+        "RS256 header, HMAC with the secret": hmac_token(
+            {"alg": "RS256", "typ": "JWT"}, claims, secret
+        ),
         "RS256 with an RSA key": jwt.encode(claims, rsa_pem(), algorithm="RS256"),
-        "wrong key": jwt.encode(claims, "another-secret-" + "q" * 32, algorithm="HS256"),
-        "expired": jwt.encode({**claims, "iat": now - 600, "exp": now - 60}, secret, algorithm="HS256"),
-        "nbf in the future": jwt.encode({**claims, "nbf": now + 60}, secret, algorithm="HS256"),
+        "wrong key": jwt.encode(
+            claims, "another-secret-" + "q" * 32, algorithm="HS256"
+        ),
+        "expired": jwt.encode(
+            {**claims, "iat": now - 600, "exp": now - 60}, secret, algorithm="HS256"
+        ),
+        "nbf in the future": jwt.encode(
+            {**claims, "nbf": now + 60}, secret, algorithm="HS256"
+        ),
         "tampered payload": retamper(valid, role="manager"),
         "no exp": jwt.encode(without("exp"), secret, algorithm="HS256"),
         "no sub": jwt.encode(without("sub"), secret, algorithm="HS256"),
-        "sub not decimal": jwt.encode({**claims, "sub": "42abc"}, secret, algorithm="HS256"),
+        "sub not decimal": jwt.encode(
+            {**claims, "sub": "42abc"}, secret, algorithm="HS256"
+        ),
         "sub as number": jwt.encode({**claims, "sub": uid}, secret, algorithm="HS256"),
-        "unknown role": jwt.encode({**claims, "role": "admin"}, secret, algorithm="HS256"),
+        "unknown role": jwt.encode(
+            {**claims, "role": "admin"}, secret, algorithm="HS256"
+        ),
         "not a jwt": "not.a.jwt",
     }
 
 
-async def assert_refused(port: int, token: str | None, via_query: bool, name: str) -> None:
+async def assert_refused(
+    port: int, token: str | None, via_query: bool, name: str
+) -> None:
     status, headers, body = await handshake(port, token, via_query=via_query)
     assert status == 401, name
     assert "upgrade" not in headers and "sec-websocket-accept" not in headers, name
@@ -65,7 +81,9 @@ async def assert_refused(port: int, token: str | None, via_query: bool, name: st
 
 
 @pytest.mark.parametrize("via_query", [False, True], ids=["header", "query"])
-async def test_handshake_is_401_without_upgrade_when_token_is_bad(world_with, via_query):
+async def test_handshake_is_401_without_upgrade_when_token_is_bad(
+    world_with, via_query
+):
     """Each bad token is refused; the genuine token upgrades (101)."""
     world = await world_with()
     uid = await world.user()
@@ -85,7 +103,9 @@ async def test_handshake_is_401_when_token_is_missing_or_not_bearer(world_with):
 
 
 @pytest.mark.parametrize("via_query", [False, True], ids=["header", "query"])
-async def test_handshake_checks_issuer_and_audience_when_configured(world_with, via_query):
+async def test_handshake_checks_issuer_and_audience_when_configured(
+    world_with, via_query
+):
     """With iss and aud configured: wrong or missing ones are refused."""
     world = await world_with(jwt_issuer=ISSUER, jwt_audience=AUDIENCE)
     uid = await world.user()
@@ -103,4 +123,6 @@ async def test_handshake_checks_issuer_and_audience_when_configured(world_with, 
         "no aud": {k: v for k, v in claims.items() if k != "aud"},
     }
     for name, forged in variants.items():
-        await assert_refused(port, jwt.encode(forged, secret, algorithm="HS256"), via_query, name)
+        await assert_refused(
+            port, jwt.encode(forged, secret, algorithm="HS256"), via_query, name
+        )

@@ -32,7 +32,11 @@ async def scene(world: Any, outsider_left: bool) -> dict[str, Any]:
     a, b, x = await world.user(), await world.user(), await world.user()
     chat = await world.chat([a, b, x] if outsider_left else [a, b])
     if outsider_left:
-        await world.sql("UPDATE chat_participants SET left_at = now() WHERE chat_id = $1 AND user_id = $2", chat, x)
+        await world.sql(
+            "UPDATE chat_participants SET left_at = now() WHERE chat_id = $1 AND user_id = $2",
+            chat,
+            x,
+        )
     wa, wb, wx = await world.connect(a), await world.connect(b), await world.connect(x)
     await wb.ok("chat.subscribe", {"chat_id": chat})
     msg = await wa.ok("message.send", send_data(chat, "k1", "secret"))
@@ -41,33 +45,52 @@ async def scene(world: Any, outsider_left: bool) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("outsider_left", [False, True], ids=["never-member", "left"])
-async def test_outsider_gets_not_found_like_missing_chat_for_every_request(world, outsider_left):
+async def test_outsider_gets_not_found_like_missing_chat_for_every_request(
+    world, outsider_left
+):
     """Each request type on a real chat answers exactly what it answers on a missing one."""
     s = await scene(world, outsider_left)
     wx = s["x"]
     real = requests(s["chat"], s["msg"]["id"])
     missing = requests(MISSING_CHAT, MISSING_MESSAGE)
-    for (type_, data), (_, ghost) in zip(real, missing):
+    for (type_, data), (_, ghost) in zip(real, missing, strict=True):
         got = await wx.request(type_, data)
-        assert got["type"] == "error" and got["error"]["code"] == "not_found", (type_, got)
+        assert got["type"] == "error" and got["error"]["code"] == "not_found", (
+            type_,
+            got,
+        )
         probe = await wx.request(type_, ghost)
         assert probe["error"]["code"] == "not_found", (type_, probe)
         assert got["error"] == probe["error"], type_
     rows = await world.sql(
-        "SELECT count(*) AS n, bool_or(edited_at IS NOT NULL OR deleted_at IS NOT NULL) AS touched FROM messages WHERE chat_id = $1",
+        """SELECT count(*) AS n,
+                  bool_or(edited_at IS NOT NULL OR deleted_at IS NOT NULL) AS touched
+             FROM messages WHERE chat_id = $1""",
         s["chat"],
     )
     assert rows[0]["n"] == 1 and rows[0]["touched"] is False
 
 
 @pytest.mark.parametrize("outsider_left", [False, True], ids=["never-member", "left"])
-async def test_sync_says_reset_with_no_changes_when_caller_is_outsider(world, outsider_left):
+async def test_sync_says_reset_with_no_changes_when_caller_is_outsider(
+    world, outsider_left
+):
     """chats.sync on a chat the user cannot see: reset true, no changes, like a missing one."""
     s = await scene(world, outsider_left)
-    ack = await s["x"].ok("chats.sync", {"chats": [{"chat_id": s["chat"], "rev": 0}, {"chat_id": MISSING_CHAT, "rev": 0}]})
+    ack = await s["x"].ok(
+        "chats.sync",
+        {
+            "chats": [
+                {"chat_id": s["chat"], "rev": 0},
+                {"chat_id": MISSING_CHAT, "rev": 0},
+            ]
+        },
+    )
     real, ghost = ack["chats"]
     assert real["reset"] is True and real["changes"] == [] and real["has_more"] is False
-    assert {k: v for k, v in real.items() if k != "chat_id"} == {k: v for k, v in ghost.items() if k != "chat_id"}
+    assert {k: v for k, v in real.items() if k != "chat_id"} == {
+        k: v for k, v in ghost.items() if k != "chat_id"
+    }
 
 
 async def test_outsider_receives_no_event_when_members_act(world):

@@ -11,7 +11,9 @@ from tests.wire import history_all, sync_all
 FAST = {"rate_per_s": 100_000.0, "rate_burst": 100_000, "max_pending_requests": 1000}
 
 
-def apply(state: dict[int, dict[str, Any]], change_type: str, data: dict[str, Any]) -> None:
+def apply(
+    state: dict[int, dict[str, Any]], change_type: str, data: dict[str, Any]
+) -> None:
     """The client side of resume: new and update upsert by id, delete marks."""
     if change_type in ("chat.message.new", "chat.message.update"):
         state[data["id"]] = data
@@ -22,7 +24,9 @@ def apply(state: dict[int, dict[str, Any]], change_type: str, data: dict[str, An
         state[data["id"]] = kept
 
 
-async def test_resumed_client_holds_server_state_when_it_missed_50_messages_and_edits(world_with):
+async def test_resumed_client_holds_server_state_when_it_missed_50_messages_and_edits(
+    world_with,
+):
     """Live events, then a gap of 50 sends, 5 edits and 2 deletes, then chats.sync."""
     world = await world_with(**FAST)
     a, b = await world.user(), await world.user()
@@ -38,7 +42,10 @@ async def test_resumed_client_holds_server_state_when_it_missed_50_messages_and_
         rev = max(rev, ev["data"]["rev"])
     await wb.close()
 
-    sent = [await wa.ok("message.send", send_data(chat, f"gap{i}", f"gap {i}")) for i in range(50)]
+    sent = [
+        await wa.ok("message.send", send_data(chat, f"gap{i}", f"gap {i}"))
+        for i in range(50)
+    ]
     seen_ids = list(state)
     for mid in seen_ids[:3] + [sent[0]["id"], sent[1]["id"]]:
         await wa.ok("message.edit", {"message_id": mid, "text": f"edited {mid}"})
@@ -51,7 +58,9 @@ async def test_resumed_client_holds_server_state_when_it_missed_50_messages_and_
     changes, pages = await sync_all(wb2, chat, rev)
     ids = [c["data"]["id"] for c in changes]
     assert len(ids) == len(set(ids))  # nothing twice
-    assert [c["data"]["rev"] for c in changes] == sorted(c["data"]["rev"] for c in changes)
+    assert [c["data"]["rev"] for c in changes] == sorted(
+        c["data"]["rev"] for c in changes
+    )
     for c in changes:
         apply(state, c["type"], c["data"])
 

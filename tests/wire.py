@@ -60,7 +60,9 @@ class RawWs:
             path += f"?token={token}"
         extensions = [ClientPerMessageDeflateFactory()] if deflate else None
         proto = ClientProtocol(
-            parse_uri(f"ws://{LOOPBACK}:{port}{path}"), extensions=extensions, max_size=None
+            parse_uri(f"ws://{LOOPBACK}:{port}{path}"),
+            extensions=extensions,
+            max_size=None,
         )
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:
@@ -141,7 +143,9 @@ class RawWs:
             return None
         return json.loads(f.data)
 
-    async def until_closed(self, timeout: float = 15.0) -> tuple[int | None, list[dict[str, Any]]]:
+    async def until_closed(
+        self, timeout: float = 15.0
+    ) -> tuple[int | None, list[dict[str, Any]]]:
         """Reads to the close frame (or EOF); returns the close code and the frames."""
         got: list[dict[str, Any]] = []
         loop = asyncio.get_running_loop()
@@ -160,7 +164,9 @@ class RawWs:
 
     def reset(self) -> None:
         """Drops the connection with a TCP RST (SO_LINGER 0), like a vanished peer."""
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+        )
         self.sock.close()
 
     def close(self) -> None:
@@ -183,7 +189,9 @@ async def handshake(
     ]
     if token is not None and not via_query:
         lines.append(f"Authorization: Bearer {token}")
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(LOOPBACK, port), timeout)
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(LOOPBACK, port), timeout
+    )
     try:
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
         await writer.drain()
@@ -230,12 +238,16 @@ def world_for(node: Any, ids: Any) -> World:
     return World(node.dsn, node.settings, f"ws://{LOOPBACK}:{node.ws_port}/ws", ids)
 
 
-async def sync_all(client: Any, chat_id: int, rev: int, max_pages: int = 100) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+async def sync_all(
+    client: Any, chat_id: int, rev: int, max_pages: int = 100
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Pages `chats.sync` from `rev` until has_more is false; returns (changes, pages)."""
     changes: list[dict[str, Any]] = []
     pages: list[dict[str, Any]] = []
     for _ in range(max_pages):
-        ack = await client.ok("chats.sync", {"chats": [{"chat_id": chat_id, "rev": rev}]}, timeout=30)
+        ack = await client.ok(
+            "chats.sync", {"chats": [{"chat_id": chat_id, "rev": rev}]}, timeout=30
+        )
         page = ack["chats"][0]
         pages.append(page)
         assert page["reset"] is False, page
@@ -281,11 +293,15 @@ def rss_bytes(pid: int) -> int:
 class ServerProcess:
     """`beseda serve` on loopback against the test database; stopped by its PID."""
 
-    def __init__(self, dsn: str, secret: str, data_dir: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, dsn: str, secret: str, data_dir: Path, env: dict[str, str]
+    ) -> None:
         self.ws_port = free_port()
         self.http_port = free_port()
         full_env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("BESEDA_", "REDIS_"))
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("BESEDA_", "REDIS_"))
         }
         full_env.update(
             DATABASE_URL=dsn,
@@ -299,8 +315,16 @@ class ServerProcess:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "wsserver.cli", "serve", "--host", LOOPBACK,
-                "--ws-port", str(self.ws_port), "--http-port", str(self.http_port),
+                sys.executable,
+                "-m",
+                "wsserver.cli",
+                "serve",
+                "--host",
+                LOOPBACK,
+                "--ws-port",
+                str(self.ws_port),
+                "--http-port",
+                str(self.http_port),
             ],
             env=full_env,
             stdout=subprocess.PIPE,
@@ -315,9 +339,13 @@ class ServerProcess:
     async def ready(self, timeout: float = 30.0) -> None:
         assert self.proc.stdout is not None
         loop = asyncio.get_running_loop()
-        line = await asyncio.wait_for(loop.run_in_executor(None, self.proc.stdout.readline), timeout)
+        line = await asyncio.wait_for(
+            loop.run_in_executor(None, self.proc.stdout.readline), timeout
+        )
         if b"ws://" not in line:
-            raise RuntimeError(f"server did not start: {self.log_path.read_text()[-2000:]}")
+            raise RuntimeError(
+                f"server did not start: {self.log_path.read_text()[-2000:]}"
+            )
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -372,7 +400,9 @@ def hmac_token(header: dict[str, Any], claims: dict[str, Any], secret: str) -> s
     import hashlib
     import hmac
 
-    signing = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
+    signing = (
+        f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
+    )
     sig = hmac.new(secret.encode(), signing.encode(), hashlib.sha256).digest()
     return f"{signing}.{b64url(sig)}"
 

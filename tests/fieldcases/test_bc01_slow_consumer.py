@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import WsClient, World, send_data
+from tests.helpers import World, WsClient, send_data
 from tests.wire import RawWs, ServerProcess, rss_bytes, sync_all
 from wsserver.config import Settings
 
@@ -91,7 +91,9 @@ async def test_slow_consumer_is_shed_4009_and_memory_stays_bounded_when_it_stops
     text = "x" * TEXT_BYTES
 
     stuck = await RawWs.connect(server.ws_port, world.token(b), rcvbuf=4096)
-    await stuck.send_json({"type": "chat.subscribe", "id": "s1", "data": {"chat_id": chat}})
+    await stuck.send_json(
+        {"type": "chat.subscribe", "id": "s1", "data": {"chat_id": chat}}
+    )
     sub_ack = await stuck.message()
     assert sub_ack is not None and sub_ack["type"] == "ack" and sub_ack["id"] == "s1"
     # a second device of B that never reads again, not even after being shed

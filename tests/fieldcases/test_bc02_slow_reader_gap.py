@@ -15,7 +15,9 @@ from tests.wire import RawWs, sync_all
 FAST = {"rate_per_s": 100_000.0, "rate_burst": 100_000, "max_pending_requests": 1000}
 
 
-async def read_slowly(raw: RawWs, chat: int, want: int, pause_s: float) -> tuple[list[int], int | None]:
+async def read_slowly(
+    raw: RawWs, chat: int, want: int, pause_s: float
+) -> tuple[list[int], int | None]:
     """Reads chat.message.new seqs until `want` arrived or the socket closed."""
     seqs: list[int] = []
     while len(seqs) < want:
@@ -48,7 +50,9 @@ async def test_slow_reader_sees_no_gap_and_sync_fills_rest_when_shed(world_with)
     slow = await RawWs.connect(world.node.ws_port, world.token(b), rcvbuf=8192)
     sender = await world.connect(a)
     try:
-        reading = asyncio.get_running_loop().create_task(read_slowly(slow, chat, n, 0.002))
+        reading = asyncio.get_running_loop().create_task(
+            read_slowly(slow, chat, n, 0.002)
+        )
         replies = await pump(sender, chat, n, "z" * 1000)
         seqs, code = await asyncio.wait_for(reading, 60)
     finally:
@@ -72,7 +76,9 @@ async def test_slow_reader_gets_every_event_in_order_when_queue_suffices(world_w
     slow = await RawWs.connect(world.node.ws_port, world.token(b), rcvbuf=8192)
     sender = await world.connect(a)
     try:
-        reading = asyncio.get_running_loop().create_task(read_slowly(slow, chat, n, 0.005))
+        reading = asyncio.get_running_loop().create_task(
+            read_slowly(slow, chat, n, 0.005)
+        )
         replies = await pump(sender, chat, n, "short")
         seqs, code = await asyncio.wait_for(reading, 60)
     finally:
@@ -82,7 +88,9 @@ async def test_slow_reader_gets_every_event_in_order_when_queue_suffices(world_w
     assert seqs == list(range(1, n + 1))
 
 
-async def test_prompt_readers_are_not_shed_when_a_batch_of_large_frames_lands_at_once(world_with):
+async def test_prompt_readers_are_not_shed_when_a_batch_of_large_frames_lands_at_once(
+    world_with,
+):
     """A batch of 300 x 8 KB sends commits at once: the sender's acks and the
     receiver's events (2.4 MB each) exceed the 1 MiB queue within one loop turn,
     yet both sockets read promptly and neither is closed."""

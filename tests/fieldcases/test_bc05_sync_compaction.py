@@ -105,7 +105,9 @@ async def test_sync_covers_every_change_once_when_client_was_away(world_with):
     assert tail == [] and tail_pages[0]["has_more"] is False
 
 
-async def test_sync_pages_cover_every_change_once_when_pages_are_small(world_with, monkeypatch):
+async def test_sync_pages_cover_every_change_once_when_pages_are_small(
+    world_with, monkeypatch
+):
     """With 64-change pages, has_more is true on every page but the last."""
     monkeypatch.setattr(store_module, "SYNC_PAGE", 64)
     world = await world_with(**FAST)
@@ -127,6 +129,10 @@ async def test_sync_says_reset_when_rev_is_ahead_of_server(world_with, ahead):
     chat = await world.chat([a, b])
     wa = await world.connect(a)
     ack = await wa.ok("message.send", send_data(chat, "k1", "hi"))
-    got = await wa.ok("chats.sync", {"chats": [{"chat_id": chat, "rev": ack["rev"] + ahead}]})
+    got = await wa.ok(
+        "chats.sync", {"chats": [{"chat_id": chat, "rev": ack["rev"] + ahead}]}
+    )
     entry = got["chats"][0]
-    assert entry["reset"] is True and entry["changes"] == [] and entry["has_more"] is False
+    assert (
+        entry["reset"] is True and entry["changes"] == [] and entry["has_more"] is False
+    )

@@ -26,7 +26,8 @@ PGBOUNCER = shutil.which("pgbouncer") or (
     "/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None
 )
 pytestmark = pytest.mark.skipif(
-    PGBOUNCER is None, reason="pgbouncer binary not installed (apt-get install pgbouncer)"
+    PGBOUNCER is None,
+    reason="pgbouncer binary not installed (apt-get install pgbouncer)",
 )
 
 SOCKETS = 10
@@ -60,12 +61,17 @@ async def bouncer_dsn(fresh_db: str) -> Any:
     if os.geteuid() == 0:
         command[1:1] = ["-u", "nobody"]  # pgbouncer refuses to run as root
     log = open(folder / "pgbouncer.log", "wb")
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    )
     try:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10
         while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", port), 0.2),
+            ):
                 break
             if proc.poll() is not None or loop.time() > deadline:
                 raise RuntimeError((folder / "pgbouncer.log").read_text()[-2000:])
@@ -82,11 +88,16 @@ async def bouncer_dsn(fresh_db: str) -> Any:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-async def test_sends_history_and_reads_work_when_database_is_behind_pgbouncer(world_with, bouncer_dsn):
+async def test_sends_history_and_reads_work_when_database_is_behind_pgbouncer(
+    world_with, bouncer_dsn
+):
     """10 sockets x 50 sends + histories + reads: no internal or unavailable, all stored once."""
     world = await world_with(
-        database_url=bouncer_dsn, pgbouncer=True,
-        rate_per_s=100_000.0, rate_burst=100_000, max_pending_requests=1000,
+        database_url=bouncer_dsn,
+        pgbouncer=True,
+        rate_per_s=100_000.0,
+        rate_burst=100_000,
+        max_pending_requests=1000,
     )
     users = await bulk_users(world, SOCKETS)
     chat = await world.chat(users)
@@ -97,23 +108,36 @@ async def test_sends_history_and_reads_work_when_database_is_behind_pgbouncer(wo
         c = clients[i]
         futs = []
         for j in range(EACH):
-            futs.append(c.send_nowait("message.send", send_data(chat, f"u{i}-{j}", f"m {i} {j}")))
-            futs.append(c.send_nowait("messages.history", {"chat_id": chat, "limit": 20}))
-            futs.append(c.send_nowait("message.read", {"chat_id": chat, "message_id": seed["id"]}))
+            futs.append(
+                c.send_nowait(
+                    "message.send", send_data(chat, f"u{i}-{j}", f"m {i} {j}")
+                )
+            )
+            futs.append(
+                c.send_nowait("messages.history", {"chat_id": chat, "limit": 20})
+            )
+            futs.append(
+                c.send_nowait(
+                    "message.read", {"chat_id": chat, "message_id": seed["id"]}
+                )
+            )
         return await asyncio.wait_for(asyncio.gather(*futs), 60)
 
     results = await asyncio.gather(*(work(i) for i in range(SOCKETS)))
     bad = [r for rs in results for r in rs if r["type"] != "ack"]
     assert bad == []
     rows = await world.sql(
-        "SELECT count(*) AS n, count(DISTINCT message_key) AS keys, max(seq) AS top FROM messages WHERE chat_id = $1",
+        """SELECT count(*) AS n, count(DISTINCT message_key) AS keys, max(seq) AS top
+             FROM messages WHERE chat_id = $1""",
         chat,
     )
     total = SOCKETS * EACH + 1
     assert (rows[0]["n"], rows[0]["keys"], rows[0]["top"]) == (total, total, total)
 
 
-async def test_concurrent_migrations_finish_and_leave_no_lock_when_run_through_pgbouncer(bouncer_dsn, fresh_db):
+async def test_concurrent_migrations_finish_and_leave_no_lock_when_run_through_pgbouncer(
+    bouncer_dsn, fresh_db
+):
     """Six migrators at once through transaction pooling all finish; no advisory
     lock stays behind on a pooled server connection."""
     import asyncpg
@@ -126,7 +150,9 @@ async def test_concurrent_migrations_finish_and_leave_no_lock_when_run_through_p
     assert results == [[]] * 6  # the template was migrated already
     conn = await asyncpg.connect(fresh_db)
     try:
-        held = await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+        held = await conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+        )
     finally:
         await conn.close()
     assert held == 0

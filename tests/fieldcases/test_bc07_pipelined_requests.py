@@ -13,24 +13,50 @@ SOCKETS = 20
 EACH = 100  # sends, histories and reads per socket: 300 frames
 
 
-async def test_pipelined_frames_get_one_reply_each_when_20_sockets_run_at_once(world_with):
+async def test_pipelined_frames_get_one_reply_each_when_20_sockets_run_at_once(
+    world_with,
+):
     """300 frames back-to-back on each of 20 sockets: 6,000 replies, one per id."""
     world = await world_with(
-        rate_per_s=100_000.0, rate_burst=100_000, max_pending_requests=1000, db_pool_max=5
+        rate_per_s=100_000.0,
+        rate_burst=100_000,
+        max_pending_requests=1000,
+        db_pool_max=5,
     )
     users = await bulk_users(world, SOCKETS)
     peer = await world.user()
     chats = [await world.chat([u, peer]) for u in users]
     clients = [await world.connect(u) for u in users]
-    seeds = [await c.ok("message.send", send_data(chat, "seed", "seed")) for c, chat in zip(clients, chats)]
+    seeds = [
+        await c.ok("message.send", send_data(chat, "seed", "seed"))
+        for c, chat in zip(clients, chats, strict=True)
+    ]
 
     def frames(i: int) -> list[str]:
         chat, seed = chats[i], seeds[i]["id"]
         out = []
         for j in range(EACH):
-            out.append({"type": "message.send", "id": f"s-{j}", "data": send_data(chat, f"k{j}", f"m{j}")})
-            out.append({"type": "messages.history", "id": f"h-{j}", "data": {"chat_id": chat, "limit": 50}})
-            out.append({"type": "message.read", "id": f"r-{j}", "data": {"chat_id": chat, "message_id": seed}})
+            out.append(
+                {
+                    "type": "message.send",
+                    "id": f"s-{j}",
+                    "data": send_data(chat, f"k{j}", f"m{j}"),
+                }
+            )
+            out.append(
+                {
+                    "type": "messages.history",
+                    "id": f"h-{j}",
+                    "data": {"chat_id": chat, "limit": 50},
+                }
+            )
+            out.append(
+                {
+                    "type": "message.read",
+                    "id": f"r-{j}",
+                    "data": {"chat_id": chat, "message_id": seed},
+                }
+            )
         return [json.dumps(f) for f in out]
 
     async def blast(i: int) -> None:
@@ -44,10 +70,12 @@ async def test_pipelined_frames_get_one_reply_each_when_20_sockets_run_at_once(w
         while sum(len(v) for v in clients[i].replies.values()) < 3 * EACH + 1:
             await asyncio.sleep(0.05)
 
-    await asyncio.wait_for(asyncio.gather(*(all_replied(i) for i in range(SOCKETS))), 120)
+    await asyncio.wait_for(
+        asyncio.gather(*(all_replied(i) for i in range(SOCKETS))), 120
+    )
     await asyncio.sleep(0.3)  # a second reply to any id would show up here
 
-    for i, c in enumerate(clients):
+    for c in clients:
         expected = {f"{p}-{j}" for p in "shr" for j in range(EACH)}
         got = {rid: v for rid, v in c.replies.items() if rid in expected}
         assert set(got) == expected
@@ -65,4 +93,7 @@ async def test_pipelined_frames_get_one_reply_each_when_20_sockets_run_at_once(w
              FROM messages WHERE chat_id = ANY($1) GROUP BY chat_id""",
         chats,
     )
-    assert sorted((r["n"], r["keys"], r["top"]) for r in counts) == [(EACH + 1,) * 3] * SOCKETS
+    assert (
+        sorted((r["n"], r["keys"], r["top"]) for r in counts)
+        == [(EACH + 1,) * 3] * SOCKETS
+    )

@@ -21,8 +21,11 @@ PER_SENDER = 600
 async def test_idle_clients_keep_answering_pings_when_sends_load_the_loop(world_with):
     """Every idle client's pings are answered and none is closed during the load."""
     world = await world_with(
-        ping_interval_s=1.0, ping_timeout_s=1.0,
-        rate_per_s=100_000.0, rate_burst=100_000, max_pending_requests=1000,
+        ping_interval_s=1.0,
+        ping_timeout_s=1.0,
+        rate_per_s=100_000.0,
+        rate_burst=100_000,
+        max_pending_requests=1000,
     )
     idle_users = await bulk_users(world, IDLE)
     senders = await bulk_users(world, SENDERS)
@@ -49,13 +52,17 @@ async def test_idle_clients_keep_answering_pings_when_sends_load_the_loop(world_
         replies = []
         for start in range(0, PER_SENDER, 100):
             futs = [
-                writers[w].send_nowait("message.send", send_data(chat, f"w{w}-{i}", "load " * 40))
+                writers[w].send_nowait(
+                    "message.send", send_data(chat, f"w{w}-{i}", "load " * 40)
+                )
                 for i in range(start, start + 100)
             ]
             replies.extend(await asyncio.wait_for(asyncio.gather(*futs), 60))
         return replies
 
-    background = [asyncio.get_running_loop().create_task(ping_loop(i)) for i in range(IDLE)]
+    background = [
+        asyncio.get_running_loop().create_task(ping_loop(i)) for i in range(IDLE)
+    ]
     background.append(asyncio.get_running_loop().create_task(typing_loop()))
     results = await asyncio.gather(*(send_loop(w) for w in range(SENDERS)))
     await asyncio.sleep(2.5)  # more than a full ping interval after the load

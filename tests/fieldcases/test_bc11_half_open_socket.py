@@ -25,7 +25,9 @@ CLOSE_TIMEOUT_S = 5.0  # the server's close handshake bound
 async def silent_typist(world: Any, user: int, chat: int) -> RawWs:
     """A raw client that subscribes, starts typing, then never reads again."""
     raw = await RawWs.connect(world.node.ws_port, world.token(user))
-    await raw.send_json({"type": "chat.subscribe", "id": "s", "data": {"chat_id": chat}})
+    await raw.send_json(
+        {"type": "chat.subscribe", "id": "s", "data": {"chat_id": chat}}
+    )
     await raw.send_json({"type": "typing.start", "id": "t", "data": {"chat_id": chat}})
     got = set()
     while got != {"s", "t"}:
@@ -57,7 +59,9 @@ with connect(url, additional_headers=headers, compression=None) as ws:
 
 
 @contextlib.asynccontextmanager
-async def frozen_typist(world: Any, user: int, chat: int, how: str) -> AsyncIterator[None]:
+async def frozen_typist(
+    world: Any, user: int, chat: int, how: str
+) -> AsyncIterator[None]:
     """A typist that goes silent: a socket never read again, or a stopped process."""
     if how == "silent-socket":
         raw = await silent_typist(world, user, chat)
@@ -68,7 +72,8 @@ async def frozen_typist(world: Any, user: int, chat: int, how: str) -> AsyncIter
         return
     proc = subprocess.Popen(
         [sys.executable, "-c", TYPIST, world.ws_url, world.token(user), str(chat)],
-        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
     )
     try:
         assert proc.stdout is not None
@@ -93,9 +98,13 @@ async def typing_event(client: Any, user: int, timeout: float) -> bool:
 
 
 @pytest.mark.parametrize("how", ["silent-socket", "sigstopped-process"])
-async def test_half_open_typist_stops_typing_and_goes_offline_when_it_stops_answering(world_with, how):
+async def test_half_open_typist_stops_typing_and_goes_offline_when_it_stops_answering(
+    world_with, how
+):
     """Typing lapses by TTL; the silent peer is dropped by keepalive."""
-    world = await world_with(ping_interval_s=PING_S, ping_timeout_s=PING_S, typing_ttl_s=TTL_S)
+    world = await world_with(
+        ping_interval_s=PING_S, ping_timeout_s=PING_S, typing_ttl_s=TTL_S
+    )
     a, b = await world.user(), await world.user()
     chat = await world.chat([a, b])
     wb = await world.connect(b)

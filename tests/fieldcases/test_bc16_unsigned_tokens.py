@@ -29,15 +29,21 @@ def variants(valid: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("via_query", [False, True], ids=["header", "query"])
-async def test_handshake_refuses_401_without_upgrade_when_token_is_unsigned_or_tampered(world_with, via_query):
+async def test_handshake_refuses_401_without_upgrade_when_token_is_unsigned_or_tampered(
+    world_with, via_query
+):
     """Each forged variant: HTTP 401, no Upgrade, a JSON unauthorized body."""
     world = await world_with()
     uid = await world.user()
     valid = world.token(uid)
     status, headers, _ = await handshake(world.node.ws_port, valid, via_query=via_query)
-    assert status == 101  # the genuine token is accepted, so the refusals below mean something
+    assert (
+        status == 101
+    )  # the genuine token is accepted, so the refusals below mean something
     for name, forged in variants(valid).items():
-        status, headers, body = await handshake(world.node.ws_port, forged, via_query=via_query)
+        status, headers, body = await handshake(
+            world.node.ws_port, forged, via_query=via_query
+        )
         assert status == 401, name
         assert "upgrade" not in headers and "sec-websocket-accept" not in headers, name
         assert json.loads(body)["error"]["code"] == "unauthorized", name
@@ -53,9 +59,14 @@ async def test_refresh_with_forged_token_is_unauthorized_and_keeps_identity(worl
     world.clients.append(wa)
     for name, forged in variants(valid).items():
         reply = await wa.request("auth.refresh", {"token": forged})
-        assert reply["type"] == "error" and reply["error"]["code"] == "unauthorized", name
+        assert reply["type"] == "error" and reply["error"]["code"] == "unauthorized", (
+            name
+        )
     ack = await wa.ok("message.send", send_data(chat, "k1", "still me"))
     assert ack["user_id"] == a
     assert not wa.closed.is_set()
     session = world.node.registry.sessions_of(a)[0]
-    assert session.identity.exp == claims_of(valid)["exp"] and session.identity.role == "buyer"
+    assert (
+        session.identity.exp == claims_of(valid)["exp"]
+        and session.identity.role == "buyer"
+    )

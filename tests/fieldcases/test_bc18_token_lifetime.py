@@ -30,7 +30,9 @@ async def until(moment: float) -> None:
     await asyncio.sleep(max(0.0, moment - time.time()))
 
 
-async def test_socket_closes_4001_and_stores_nothing_after_expiry_when_client_keeps_sending(world_with):
+async def test_socket_closes_4001_and_stores_nothing_after_expiry_when_client_keeps_sending(
+    world_with,
+):
     """A client that never reads keeps typing every 0.5 s and sending every second
     past exp + leeway: it is closed with 4001, and no send made after exp + leeway
     is acked or stored, while those made before are."""
@@ -49,7 +51,11 @@ async def test_socket_closes_4001_and_stores_nothing_after_expiry_when_client_ke
             if i % 2 == 0:
                 sent.append((time.time(), f"k{i}"))
                 await raw.send_json(
-                    {"type": "message.send", "id": f"k{i}", "data": send_data(chat, f"k{i}", "x")}
+                    {
+                        "type": "message.send",
+                        "id": f"k{i}",
+                        "data": send_data(chat, f"k{i}", "x"),
+                    }
                 )
             i += 1
             await asyncio.sleep(0.5)
@@ -63,7 +69,9 @@ async def test_socket_closes_4001_and_stores_nothing_after_expiry_when_client_ke
     acked = {f["id"] for f in frames if f.get("type") == "ack"}
     stored = {
         r["message_key"]
-        for r in await world.sql("SELECT message_key FROM messages WHERE chat_id = $1", chat)
+        for r in await world.sql(
+            "SELECT message_key FROM messages WHERE chat_id = $1", chat
+        )
     }
     assert early <= acked and early <= stored
     assert acked.isdisjoint(late) and stored.isdisjoint(late)
@@ -84,7 +92,9 @@ async def test_refresh_extends_socket_past_first_expiry_when_token_is_newer(worl
     assert not ws.closed.is_set()
 
 
-async def test_refresh_for_another_user_is_unauthorized_and_socket_closes_at_first_expiry(world_with):
+async def test_refresh_for_another_user_is_unauthorized_and_socket_closes_at_first_expiry(
+    world_with,
+):
     """Identity stays the original user's, and the original exp still closes it."""
     world = await world_with(jwt_leeway_s=LEEWAY_S)
     a, b = await world.user(), await world.user()
@@ -98,7 +108,9 @@ async def test_refresh_for_another_user_is_unauthorized_and_socket_closes_at_fir
 
 
 @pytest.mark.parametrize("shorter_by", [3, 0], ids=["earlier-exp", "same-exp"])
-async def test_refresh_not_extending_exp_is_refused_and_first_expiry_stands(world_with, shorter_by):
+async def test_refresh_not_extending_exp_is_refused_and_first_expiry_stands(
+    world_with, shorter_by
+):
     """A refresh token expiring earlier (or at the same time) is refused; the
     socket keeps working until its own exp, then closes with 4001."""
     world = await world_with(jwt_leeway_s=LEEWAY_S)

@@ -17,11 +17,25 @@ ROUNDS = 200
 FAST = {"rate_per_s": 100_000.0, "rate_burst": 100_000}
 
 
-async def race(a1, a2, chat: int, rounds: int, texts: tuple[str, str]) -> list[tuple[dict, dict]]:
+async def race(
+    a1, a2, chat: int, rounds: int, texts: tuple[str, str]
+) -> list[tuple[dict, dict]]:
     pairs = []
     for i in range(rounds):
-        f1 = json.dumps({"type": "message.send", "id": f"x1-{i}", "data": send_data(chat, f"k-race-{i}", texts[0])})
-        f2 = json.dumps({"type": "message.send", "id": f"x2-{i}", "data": send_data(chat, f"k-race-{i}", texts[1])})
+        f1 = json.dumps(
+            {
+                "type": "message.send",
+                "id": f"x1-{i}",
+                "data": send_data(chat, f"k-race-{i}", texts[0]),
+            }
+        )
+        f2 = json.dumps(
+            {
+                "type": "message.send",
+                "id": f"x2-{i}",
+                "data": send_data(chat, f"k-race-{i}", texts[1]),
+            }
+        )
         await asyncio.gather(a1.raw(f1), a2.raw(f2))
         pairs.append((await reply_to(a1, f"x1-{i}"), await reply_to(a2, f"x2-{i}")))
     return pairs
@@ -43,7 +57,9 @@ async def test_racing_same_key_from_two_sockets_stores_once_and_acks_both(world_
     events = await wb.events_of("chat.message.new", ROUNDS)
     assert [e["data"]["seq"] for e in events] == list(range(1, ROUNDS + 1))
     assert await wb.quiet(0.3, "chat.message.new") == []
-    rows = await world.sql("SELECT count(*) AS n, max(seq) AS top FROM messages WHERE chat_id = $1", chat)
+    rows = await world.sql(
+        "SELECT count(*) AS n, max(seq) AS top FROM messages WHERE chat_id = $1", chat
+    )
     assert (rows[0]["n"], rows[0]["top"]) == (ROUNDS, ROUNDS)
 
 
@@ -56,7 +72,9 @@ async def test_racing_same_key_with_different_text_acks_the_stored_text(world_wi
     pairs = await race(a1, a2, chat, 50, ("first text", "second text"))
     stored = {
         r["message_key"]: r["content"]
-        for r in await world.sql("SELECT message_key, content FROM messages WHERE chat_id = $1", chat)
+        for r in await world.sql(
+            "SELECT message_key, content FROM messages WHERE chat_id = $1", chat
+        )
     }
     assert len(stored) == 50
     for i, (r1, r2) in enumerate(pairs):

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import websockets
 
-from tests.helpers import WsClient, World, send_data
+from tests.helpers import World, WsClient, send_data
 from tests.wire import ServerProcess, reply_to
 from wsserver.config import Settings
 
@@ -23,13 +23,19 @@ LIMIT = 32 * 1024
 
 def frame(rid: str, chat: int, key: str, text: str, **extra: Any) -> str:
     return json.dumps(
-        {"type": "message.send", "id": rid, "data": send_data(chat, key, text, **extra)},
+        {
+            "type": "message.send",
+            "id": rid,
+            "data": send_data(chat, key, text, **extra),
+        },
         ensure_ascii=False,
     )
 
 
 async def count(world: Any, chat: int) -> int:
-    return (await world.sql("SELECT count(*) AS n FROM messages WHERE chat_id = $1", chat))[0]["n"]
+    return (
+        await world.sql("SELECT count(*) AS n FROM messages WHERE chat_id = $1", chat)
+    )[0]["n"]
 
 
 async def pair(world: Any) -> tuple[int, WsClient]:
@@ -46,8 +52,12 @@ TOO_LARGE = [
 ]
 
 
-@pytest.mark.parametrize("text", [t for _, t in TOO_LARGE], ids=[n for n, _ in TOO_LARGE])
-async def test_send_is_too_large_and_keeps_connection_when_text_is_over_limit(world, text):
+@pytest.mark.parametrize(
+    "text", [t for _, t in TOO_LARGE], ids=[n for n, _ in TOO_LARGE]
+)
+async def test_send_is_too_large_and_keeps_connection_when_text_is_over_limit(
+    world, text
+):
     """The error carries the request id; nothing is stored; the socket still works."""
     chat, wa = await pair(world)
     await wa.raw(frame("big", chat, "k-big", text))
@@ -59,8 +69,14 @@ async def test_send_is_too_large_and_keeps_connection_when_text_is_over_limit(wo
     assert ack["seq"] == 1
 
 
-@pytest.mark.parametrize("text", ["я" * (LIMIT // 2), "😀" * (LIMIT // 4), "a" * LIMIT], ids=["cyrillic", "emoji", "ascii"])
-async def test_send_is_stored_byte_exact_when_text_is_exactly_at_byte_limit(world, text):
+@pytest.mark.parametrize(
+    "text",
+    ["я" * (LIMIT // 2), "😀" * (LIMIT // 4), "a" * LIMIT],
+    ids=["cyrillic", "emoji", "ascii"],
+)
+async def test_send_is_stored_byte_exact_when_text_is_exactly_at_byte_limit(
+    world, text
+):
     """32,768 UTF-8 bytes is within the limit, whatever the character count."""
     chat, wa = await pair(world)
     await wa.raw(frame("edge", chat, "k-edge", text))
@@ -74,12 +90,18 @@ async def test_edit_and_send_are_too_large_when_text_or_metadata_is_over_limit(w
     """message.edit text and metadata over 4 KiB are too_large, nothing changes."""
     chat, wa = await pair(world)
     sent = await wa.ok("message.send", send_data(chat, "k1", "small"))
-    edit = await wa.request("message.edit", {"message_id": sent["id"], "text": "x" * (LIMIT + 1)})
+    edit = await wa.request(
+        "message.edit", {"message_id": sent["id"], "text": "x" * (LIMIT + 1)}
+    )
     assert edit["type"] == "error" and edit["error"]["code"] == "too_large"
-    meta = await wa.request("message.send", send_data(chat, "k2", "m", metadata={"n": "x" * 5000}))
+    meta = await wa.request(
+        "message.send", send_data(chat, "k2", "m", metadata={"n": "x" * 5000})
+    )
     assert meta["type"] == "error" and meta["error"]["code"] == "too_large"
     assert "`data.metadata`" in meta["error"]["message"]
-    rows = await world.sql("SELECT content, edited_at FROM messages WHERE chat_id = $1", chat)
+    rows = await world.sql(
+        "SELECT content, edited_at FROM messages WHERE chat_id = $1", chat
+    )
     assert len(rows) == 1 and rows[0]["edited_at"] is None
 
 
@@ -92,7 +114,9 @@ async def test_socket_closes_1009_when_frame_is_over_64_kib(world):
     assert await count(world, chat) == 0
 
 
-async def test_socket_closes_1008_or_4008_and_server_lives_when_too_large_sends_repeat(world):
+async def test_socket_closes_1008_or_4008_and_server_lives_when_too_large_sends_repeat(
+    world,
+):
     """A flood of over-limit texts ends with 1008 or 4008, and others still chat."""
     chat, wa = await pair(world)
     text = "x" * 40_000
@@ -109,7 +133,9 @@ async def test_socket_closes_1008_or_4008_and_server_lives_when_too_large_sends_
     c, d = await world.user(), await world.user()
     fresh_chat = await world.chat([c, d])
     fresh = await world.connect(c)
-    assert (await fresh.ok("message.send", send_data(fresh_chat, "k", "alive")))["seq"] == 1
+    assert (await fresh.ok("message.send", send_data(fresh_chat, "k", "alive")))[
+        "seq"
+    ] == 1
 
 
 # -- compressed frames, against a server process whose peak RSS can be read ---------
@@ -127,7 +153,9 @@ def peak_rss(pid: int) -> int:
 
 @pytest.fixture
 async def deflate_server(fresh_db: str, tmp_path: Path) -> Any:
-    proc = ServerProcess(fresh_db, SECRET, tmp_path / "serve", {"BESEDA_COMPRESSION": "1"})
+    proc = ServerProcess(
+        fresh_db, SECRET, tmp_path / "serve", {"BESEDA_COMPRESSION": "1"}
+    )
     try:
         await proc.ready()
         yield proc
@@ -135,18 +163,28 @@ async def deflate_server(fresh_db: str, tmp_path: Path) -> Any:
         proc.stop()
 
 
-async def test_socket_closes_1009_without_inflating_when_deflated_frame_is_a_bomb(deflate_server, fresh_db, tmp_path, new_id):
+async def test_socket_closes_1009_without_inflating_when_deflated_frame_is_a_bomb(
+    deflate_server, fresh_db, tmp_path, new_id
+):
     """32 MiB of 'a' deflated to ~32 KB: closed 1009, the server's peak RSS barely moves."""
-    world = World(fresh_db, Settings(jwt_secret=SECRET, data_dir=tmp_path / "mint"), "", new_id)
+    world = World(
+        fresh_db, Settings(jwt_secret=SECRET, data_dir=tmp_path / "mint"), "", new_id
+    )
     uid = await world.user()
     url = f"ws://127.0.0.1:{deflate_server.ws_port}/ws"
     ws = await websockets.connect(
-        url, additional_headers={"Authorization": f"Bearer {world.token(uid)}"},
-        compression="deflate", max_size=2**20,
+        url,
+        additional_headers={"Authorization": f"Bearer {world.token(uid)}"},
+        compression="deflate",
+        max_size=2**20,
     )
     try:
-        assert ws.response.headers.get("Sec-WebSocket-Extensions", "").startswith("permessage-deflate")
-        small = json.dumps({"type": "chat.subscribe", "id": "x", "data": {"chat_id": 1}})
+        assert ws.response.headers.get("Sec-WebSocket-Extensions", "").startswith(
+            "permessage-deflate"
+        )
+        small = json.dumps(
+            {"type": "chat.subscribe", "id": "x", "data": {"chat_id": 1}}
+        )
         await ws.send(small)
         assert json.loads(await asyncio.wait_for(ws.recv(), 10))["id"] == "x"
         before = peak_rss(deflate_server.pid)
