@@ -41,7 +41,9 @@ async def pump(sender: Any, chat: int, n: int, text: str) -> list[dict[str, Any]
     return replies
 
 
-async def test_slow_reader_sees_no_gap_and_sync_fills_rest_when_shed(world_with):
+async def test_slow_reader_sees_no_gap_and_sync_fills_rest_when_send_queue_is_small(
+    world_with,
+):
     """With a small send queue the slow reader is shed or served; never a hole."""
     world = await world_with(send_queue_bytes=64 * 1024, **FAST)
     a, b = await world.user(), await world.user()
@@ -63,7 +65,7 @@ async def test_slow_reader_sees_no_gap_and_sync_fills_rest_when_shed(world_with)
         assert code == 4009
     again = await world.connect(b)
     rev = seqs[-1] if seqs else 0  # only sends in this chat: rev == seq
-    changes, _ = await sync_all(again, chat, rev)
+    changes, _ = await sync_all(again, chat, rev, max_pages=1000)
     assert seqs + [c["data"]["seq"] for c in changes] == list(range(1, n + 1))
 
 
@@ -107,3 +109,45 @@ async def test_prompt_readers_are_not_shed_when_a_batch_of_large_frames_lands_at
     events = await reader.events_of("chat.message.new", 300)
     assert [e["data"]["seq"] for e in events] == list(range(1, 301))
     assert not sender.closed.is_set() and not reader.closed.is_set()
+
+
+async def test_stalled_reader_is_closed_4009_without_a_gap_when_it_falls_behind(
+    world_with,
+):
+    """A reader that stalls mid-stream is shed with 4009 (seen once it reads again):
+    what it got before the close is 1..k exactly, and sync gives k+1..n."""
+    world = await world_with(send_queue_bytes=64 * 1024, **FAST)
+    a, b = await world.user(), await world.user()
+    chat = await world.chat([a, b])
+    n = 2000
+    stalled = await RawWs.connect(world.node.ws_port, world.token(b), rcvbuf=8192)
+    sender = await world.connect(a)
+    loop = asyncio.get_running_loop()
+
+    def shed() -> bool:
+        return all(s.closing for s in world.node.registry.sessions_of(b))
+
+    async def stall_then_read() -> tuple[list[int], int | None]:
+        seqs, _ = await read_slowly(stalled, chat, 100, 0.002)
+        deadline = loop.time() + 60
+        while not shed() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert shed(), "the stalled reader was never shed"
+        stalled.widen(1024 * 1024)
+        rest, code = await read_slowly(stalled, chat, n, 0.0)
+        return seqs + rest, code
+
+    try:
+        reading = loop.create_task(stall_then_read())
+        replies = await pump(sender, chat, n, "q" * 4000)
+        seqs, code = await asyncio.wait_for(reading, 90)
+    finally:
+        stalled.close()
+    assert all(r["type"] == "ack" for r in replies)
+    assert code == 4009
+    assert 100 <= len(seqs) < n
+    assert seqs == list(range(1, len(seqs) + 1))
+    again = await world.connect(b)
+    # pages are small here: a reply stays within a quarter of the 64 KiB queue
+    changes, _ = await sync_all(again, chat, seqs[-1], max_pages=1000)
+    assert seqs + [c["data"]["seq"] for c in changes] == list(range(1, n + 1))
