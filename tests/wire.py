@@ -307,9 +307,9 @@ class ServerProcess:
             DATABASE_URL=dsn,
             BESEDA_JWT_SECRET=secret,
             BESEDA_DATA_DIR=str(data_dir),
-            BESEDA_LOG_LEVEL=os.environ.get("FC_SERVE_LOG", "WARNING"),
-            **env,
+            BESEDA_LOG_LEVEL="WARNING",
         )
+        full_env.update(env)
         self.log_path = data_dir / "serve.log"
         data_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")

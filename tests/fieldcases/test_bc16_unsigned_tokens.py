@@ -5,11 +5,14 @@ refused: 401 with no upgrade at the handshake, as a header and as `?token=`, and
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from tests.helpers import WsClient, send_data
-from tests.wire import claims_of, handshake, retamper, unsigned_token
+from tests.wire import ServerProcess, claims_of, handshake, retamper, unsigned_token
+from wsserver.auth import mint
+from wsserver.config import Settings
 
 
 def variants(valid: str) -> dict[str, str]:
@@ -37,10 +40,10 @@ async def test_handshake_refuses_401_without_upgrade_when_token_is_unsigned_or_t
     uid = await world.user()
     valid = world.token(uid)
     status, headers, _ = await handshake(world.node.ws_port, valid, via_query=via_query)
-    assert (
-        status == 101
-    )  # the genuine token is accepted, so the refusals below mean something
-    for name, forged in variants(valid).items():
+    # the genuine token is accepted, so the refusals below mean something
+    assert status == 101
+    forged_tokens = variants(valid)
+    for name, forged in forged_tokens.items():
         status, headers, body = await handshake(
             world.node.ws_port, forged, via_query=via_query
         )
@@ -70,3 +73,31 @@ async def test_refresh_with_forged_token_is_unauthorized_and_keeps_identity(worl
         session.identity.exp == claims_of(valid)["exp"]
         and session.identity.role == "buyer"
     )
+
+
+async def test_no_token_text_reaches_the_log_when_server_logs_at_debug(
+    fresh_db, tmp_path
+):
+    """A `beseda serve` at DEBUG refuses forged tokens and accepts a good one, as a
+    header and as `?token=`; its log holds no piece of any token."""
+    secret = "bc16-secret-" + "k" * 32
+    server = ServerProcess(
+        fresh_db, secret, tmp_path / "serve", {"BESEDA_LOG_LEVEL": "DEBUG"}
+    )
+    try:
+        await server.ready()
+        valid = mint(
+            Settings(jwt_secret=secret, data_dir=tmp_path / "mint"), 77, "buyer"
+        )
+        tokens = [valid, *variants(valid).values()]
+        for token in tokens:
+            for via_query in (False, True):
+                await handshake(server.ws_port, token, via_query=via_query)
+    finally:
+        server.stop()
+    log = Path(server.log_path).read_text()
+    assert "conn.refused" in log  # the refusals were logged, without their tokens
+    for token in tokens:
+        for part in token.split("."):
+            if len(part) > 16:
+                assert part not in log
