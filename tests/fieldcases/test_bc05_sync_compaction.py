@@ -136,3 +136,16 @@ async def test_sync_says_reset_when_rev_is_ahead_of_server(world_with, ahead):
     assert (
         entry["reset"] is True and entry["changes"] == [] and entry["has_more"] is False
     )
+
+
+async def test_sync_says_reset_when_chat_was_deleted_while_away(world_with):
+    """A chat deleted while the client was away cannot be resumed: reset, no changes."""
+    world = await world_with()
+    a, b = await world.user(), await world.user()
+    chat = await world.chat([a, b])
+    wa = await world.connect(a)
+    ack = await wa.ok("message.send", send_data(chat, "k1", "hi"))
+    await world.sql("UPDATE chats SET deleted_at = now() WHERE id = $1", chat)
+    got = await wa.ok("chats.sync", {"chats": [{"chat_id": chat, "rev": ack["rev"] - 1}]})
+    entry = got["chats"][0]
+    assert entry["reset"] is True and entry["changes"] == [] and entry["has_more"] is False
