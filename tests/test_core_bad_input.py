@@ -23,6 +23,20 @@ def send_without(chat: int, name: str) -> dict[str, Any]:
     return data
 
 
+def deep_send(chat: int, where: str, depth: int = 1500, text: str = "x") -> str:
+    """A send whose metadata (or an unknown field) nests `depth` lists deep; it is
+    built as text, since the JSON encoder would refuse the depth itself."""
+    nest = "[" * depth + "]" * depth
+    data = f'"chat_id":{chat},"message_key":"k-deep","text":"{text}"'
+    if where == "metadata":
+        data += f',"metadata":{{"n":{nest}}}'
+    elif where == "data":
+        data += f',"extra":{nest}'
+    if where == "envelope":
+        return f'{{"type":"message.send","id":"bad","extra":{nest},"data":{{{data}}}}}'
+    return f'{{"type":"message.send","id":"bad","data":{{{data}}}}}'
+
+
 # (name, frame builder taking the chat id, expected code, words the message must hold)
 CASES: list[tuple[str, Any, str, list[str]]] = [
     (
@@ -149,6 +163,20 @@ CASES: list[tuple[str, Any, str, list[str]]] = [
         lambda c: envelope("chats.sync", {"chats": {"chat_id": c}}),
         "bad_request",
         ["chats"],
+    ),
+    ("metadata nested deep", lambda c: deep_send(c, "metadata"), "bad_request", []),
+    ("unknown field nested deep", lambda c: deep_send(c, "data"), "bad_request", []),
+    (
+        "envelope field nested deep",
+        lambda c: deep_send(c, "envelope"),
+        "bad_request",
+        [],
+    ),
+    (
+        "nested deep with nul",
+        lambda c: deep_send(c, "metadata", 1000, "a\\u0000"),
+        "bad_request",
+        [],
     ),
     (
         "sync rev as string",
