@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -86,6 +86,10 @@ ATTACHMENTS_COL = (
 )
 
 
+# Set by the HTTP app: an attachment id to its signed download link.
+attachment_url: Callable[[int], str] | None = None
+
+
 def message_out(r: Any, attachments: list[dict[str, Any]] | None = None) -> m.MessageOut:
     deleted = r["deleted_at"] is not None
     content = r["content"] or {}
@@ -94,6 +98,8 @@ def message_out(r: Any, attachments: list[dict[str, Any]] | None = None) -> m.Me
             attachments = r["attachments"]
         except KeyError:
             attachments = []
+    if attachments and attachment_url is not None and not deleted:
+        attachments = [{**a, "url": attachment_url(a["id"])} for a in attachments]
     return m.MessageOut(
         id=r["id"],
         chat_id=r["chat_id"],
@@ -497,9 +503,10 @@ class Store:
             raise AttachmentClaimFailed(bad)
         out: dict[int, list[dict[str, Any]]] = {}
         for r in sorted(got, key=lambda r: r["id"]):
-            out.setdefault(r["message_id"], []).append(
-                {k: r[k] for k in ("id", "type", "mime_type", "size", "name", "status", "metadata")}
-            )
+            att = {k: r[k] for k in ("id", "type", "mime_type", "size", "name", "status", "metadata")}
+            if attachment_url is not None:
+                att["url"] = attachment_url(r["id"])
+            out.setdefault(r["message_id"], []).append(att)
         return out
 
     # -- reads -----------------------------------------------------------------
