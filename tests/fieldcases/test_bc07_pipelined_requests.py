@@ -6,17 +6,21 @@ from __future__ import annotations
 import asyncio
 import json
 
+import httpx
+
 from tests.helpers import send_data
 from tests.wire import bulk_users
 
 SOCKETS = 20
-EACH = 100  # sends, histories and reads per socket: 300 frames
+EACH = 100
+REST_CALLS = 200  # sends, histories and reads per socket: 300 frames
 
 
 async def test_pipelined_frames_get_one_reply_each_when_20_sockets_run_at_once(
     world_with,
 ):
-    """300 frames back-to-back on each of 20 sockets: 6,000 replies, one per id."""
+    """300 frames back-to-back on each of 20 sockets: 6,000 replies, one per id;
+    meanwhile 200 concurrent GET /api/v1/client/chat all answer 200."""
     world = await world_with(
         rate_per_s=100_000.0,
         rate_burst=100_000,
@@ -24,7 +28,7 @@ async def test_pipelined_frames_get_one_reply_each_when_20_sockets_run_at_once(
         db_pool_max=5,
     )
     users = await bulk_users(world, SOCKETS)
-    peer = await world.user()
+    peer = await world.user("client")
     chats = [await world.chat([u, peer]) for u in users]
     clients = [await world.connect(u) for u in users]
     seeds = [
@@ -64,6 +68,16 @@ async def test_pipelined_frames_get_one_reply_each_when_20_sockets_run_at_once(
         for frame in frames(i):
             await ws.send(frame)
 
+    async def rest_calls() -> list[httpx.Response]:
+        url = f"http://127.0.0.1:{world.node.http_port}/api/v1/client/chat"
+        headers = {"Authorization": f"Bearer {world.token(peer, 'client')}"}
+        limits = httpx.Limits(max_connections=REST_CALLS)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+            return await asyncio.gather(
+                *(http.get(url, headers=headers) for _ in range(REST_CALLS))
+            )
+
+    rest = asyncio.get_running_loop().create_task(rest_calls())
     await asyncio.gather(*(blast(i) for i in range(SOCKETS)))
 
     async def all_replied(i: int) -> None:
@@ -74,6 +88,14 @@ async def test_pipelined_frames_get_one_reply_each_when_20_sockets_run_at_once(
         asyncio.gather(*(all_replied(i) for i in range(SOCKETS))), 120
     )
     await asyncio.sleep(0.3)  # a second reply to any id would show up here
+    responses = await asyncio.wait_for(rest, 60)
+    for r in responses:
+        # as on the socket, a starved pool is a retryable 503, never a 500
+        assert r.status_code in (200, 503), r.text
+        if r.status_code == 200:
+            assert len(r.json()["data"]) == SOCKETS
+        else:
+            assert r.json()["error"]["code"] == "unavailable"
 
     for c in clients:
         expected = {f"{p}-{j}" for p in "shr" for j in range(EACH)}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.helpers import WsClient, send_data
@@ -101,3 +102,18 @@ async def test_no_token_text_reaches_the_log_when_server_logs_at_debug(
         for part in token.split("."):
             if len(part) > 16:
                 assert part not in log
+
+
+async def test_rest_refuses_401_json_when_token_is_unsigned_or_tampered(world_with):
+    """GET /api/v1/manager/chat with each forged token: 401 `unauthorized` JSON."""
+    world = await world_with()
+    manager = await world.user("manager")
+    valid = world.token(manager, "manager")
+    url = f"http://127.0.0.1:{world.node.http_port}/api/v1/manager/chat"
+    async with httpx.AsyncClient() as http:
+        ok = await http.get(url, headers={"Authorization": f"Bearer {valid}"})
+        assert ok.status_code == 200
+        for name, forged in variants(valid).items():
+            got = await http.get(url, headers={"Authorization": f"Bearer {forged}"})
+            assert got.status_code == 401, name
+            assert got.json()["error"]["code"] == "unauthorized", name
