@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from tests.helpers import send_data
@@ -91,7 +92,8 @@ async def bouncer_dsn(fresh_db: str) -> Any:
 async def test_sends_history_and_reads_work_when_database_is_behind_pgbouncer(
     world_with, bouncer_dsn
 ):
-    """10 sockets x 50 sends + histories + reads: no internal or unavailable, all stored once."""
+    """10 sockets x 50 sends + histories + reads, and REST chat lists: no internal or
+    unavailable, all stored once."""
     world = await world_with(
         database_url=bouncer_dsn,
         pgbouncer=True,
@@ -100,7 +102,8 @@ async def test_sends_history_and_reads_work_when_database_is_behind_pgbouncer(
         max_pending_requests=1000,
     )
     users = await bulk_users(world, SOCKETS)
-    chat = await world.chat(users)
+    viewer = await world.user("client")
+    chat = await world.chat(users + [viewer])
     clients = [await world.connect(u) for u in users]
     seed = await clients[0].ok("message.send", send_data(chat, "seed", "seed"))
 
@@ -123,7 +126,19 @@ async def test_sends_history_and_reads_work_when_database_is_behind_pgbouncer(
             )
         return await asyncio.wait_for(asyncio.gather(*futs), 60)
 
-    results = await asyncio.gather(*(work(i) for i in range(SOCKETS)))
+    async def rest_lists() -> list[httpx.Response]:
+        url = f"http://127.0.0.1:{world.node.http_port}/api/v1/client/chat"
+        headers = {"Authorization": f"Bearer {world.token(viewer, 'client')}"}
+        async with httpx.AsyncClient(timeout=30) as http:
+            return await asyncio.gather(
+                *(http.get(url, headers=headers) for _ in range(20))
+            )
+
+    results, lists = await asyncio.gather(
+        asyncio.gather(*(work(i) for i in range(SOCKETS))), rest_lists()
+    )
+    assert [r.status_code for r in lists] == [200] * 20
+    assert all([c["id"] for c in r.json()["data"]] == [chat] for r in lists)
     bad = [r for rs in results for r in rs if r["type"] != "ack"]
     assert bad == []
     rows = await world.sql(
