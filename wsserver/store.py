@@ -26,6 +26,9 @@ from .protocol import messages as m
 log = logging.getLogger(__name__)
 
 SYNC_PAGE = 500
+# Replies that page (history, chats.sync) stop early, with has_more, once they pass
+# this many bytes, so that one reply always fits a socket's bounded send queue.
+REPLY_PAGE_BYTES = 256 * 1024
 _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
 
 
@@ -116,6 +119,16 @@ def message_out(r: Any, attachments: list[dict[str, Any]] | None = None) -> m.Me
         edited_at=iso(r["edited_at"]),
         deleted_at=iso(r["deleted_at"]),
     )
+
+
+def fitting(items: Sequence[Any], budget: int) -> int:
+    """How many leading items fit in `budget` bytes once encoded (at least one)."""
+    used = 0
+    for n, item in enumerate(items):
+        used += len(m.encode(item))
+        if used > budget and n > 0:
+            return n
+    return len(items)
 
 
 def _content_json(lang: str, text: str | None) -> str:
@@ -267,9 +280,15 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
 
 class Store:
     def __init__(
-        self, pool: asyncpg.Pool, *, default_lang: str = "ru", acquire_timeout_s: float = 5.0
+        self,
+        pool: asyncpg.Pool,
+        *,
+        default_lang: str = "ru",
+        acquire_timeout_s: float = 5.0,
+        page_bytes: int = REPLY_PAGE_BYTES,
     ) -> None:
         self.pool = pool
+        self.page_bytes = page_bytes
         self.default_lang = default_lang
         self.acquire_timeout_s = acquire_timeout_s
 
@@ -563,7 +582,9 @@ class Store:
                     chat_id, after_seq, limit + 1,
                 )
                 has_more = len(rows) > limit
-                rows = rows[:limit]
+                msgs = [message_out(r) for r in rows[:limit]]
+                fit = fitting(msgs, self.page_bytes)
+                return m.HistoryAck(messages=msgs[:fit], has_more=has_more or fit < len(msgs))
             else:
                 bound = before_seq if before_seq is not None else 2**63 - 1
                 rows = await conn.fetch(
@@ -572,8 +593,12 @@ class Store:
                     chat_id, bound, limit + 1,
                 )
                 has_more = len(rows) > limit
-                rows = list(reversed(rows[:limit]))
-        return m.HistoryAck(messages=[message_out(r) for r in rows], has_more=has_more)
+                # newest first, so the page kept is the one next to the cursor
+                msgs = [message_out(r) for r in rows[:limit]]
+                fit = fitting(msgs, self.page_bytes)
+                return m.HistoryAck(
+                    messages=msgs[:fit][::-1], has_more=has_more or fit < len(msgs)
+                )
 
     async def sync(self, user_id: int, chats: Sequence[m.SyncChat]) -> m.SyncAck:
         out: list[m.SyncChatOut] = []
@@ -619,8 +644,10 @@ class Store:
             data["rev"] = e["rev"]
             changes.append((e["rev"], m.Change(type=e["type"], data=data)))
         changes.sort(key=lambda c: c[0])
-        has_more = len(changes) > SYNC_PAGE
         page = [c for _, c in changes[:SYNC_PAGE]]
+        fit = fitting(page, self.page_bytes)
+        has_more = len(changes) > SYNC_PAGE or fit < len(page)
+        page = page[:fit]
         return m.SyncChatOut(
             chat_id=chat_id, rev=chat["rev"], changes=page, has_more=has_more, reset=False
         )
