@@ -240,7 +240,12 @@ class ChatServer:
                     await session.close_task
             self.limiter.closed(ip)
             self._disconnected(session)
-            await self._closed(session)
+            # Count and log once the closing handshake is over, without holding the
+            # handler: when it returns, websockets closes the socket (1000, or 1011
+            # after an unexpected error) if nobody has yet.
+            task = asyncio.get_running_loop().create_task(self._closed(session))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _disconnected(self, session: Session) -> None:
         session.closing = True

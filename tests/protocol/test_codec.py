@@ -138,3 +138,10 @@ def test_message_frames_share_one_encoding():
     assert ack_obj["data"] == event_obj["data"]
     assert event_obj == {"type": "chat.message.new", "data": event_obj["data"]}
     assert event_obj["data"]["content"] == {"ru": "Привет", "en": None, "zh": None}
+
+
+def test_peek_id_echoes_an_overlong_id_so_the_error_can_be_matched():
+    rid = "x" * 100
+    with pytest.raises(BadRequest):
+        decode_request(frame("message.send", {}, rid=rid), LIMITS)
+    assert peek_id(frame("message.send", {}, rid=rid)) == rid

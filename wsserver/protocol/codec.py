@@ -22,7 +22,9 @@ _decoders = {name: msgspec.json.Decoder(cls) for name, cls in m.REQUEST_TYPES.it
 _LONE_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}|\\u[dD][c-fC-F][0-9a-fA-F]{2}")
 # msgspec raises RecursionError past its nesting depth; that is the client's fault.
 _TOO_DEEP = "json nested too deeply"
-_ID_FIELD = re.compile(r'"id"\s*:\s*"((?:[^"\\]|\\.){0,64})"')
+# Errors echo the id of a frame that failed to decode, even one over the 64-character
+# limit (up to 256), so the client can still match the error to its request.
+_ID_FIELD = re.compile(r'"id"\s*:\s*"((?:[^"\\]|\\.){0,256})"')
 
 
 @dataclass(frozen=True, slots=True)
