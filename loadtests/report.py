@@ -272,7 +272,7 @@ def _plots(r: dict[str, Any], out: Path, name: str) -> list[Path]:
                 ls, marker=".", lw=0.7, alpha=0.6, color=c, label=f"{s['target']} g{s['group']} p50")
     ax.axhline(r["config"]["p99_limit_ms"], color="r", lw=0.8, ls=":", label="p99 limit")
     ax.set_xscale("log")
-    ax.set_yscale("log")
+    ax.set_yscale("log")  # the limit line is always positive
     ax.set_xlabel("offered messages/s")
     ax.set_ylabel("send→delivery ms")
     ax.set_title("delivery latency along the ramp")
@@ -290,7 +290,8 @@ def _plots(r: dict[str, Any], out: Path, name: str) -> list[Path]:
                    label=["ack p50", "ack p99", "delivery p50", "delivery p99"][j] if i == 0 else None)
         labels.append(f"{s['target']}\ng{s['group']}\n@{L['offered_rate']:.0f}/s")
     ax.set_xticks(range(len(lat)), labels, fontsize=8)
-    ax.set_yscale("log")
+    if any(s["latency"]["delivery_ms"].get("p99") for s in lat):
+        ax.set_yscale("log")
     ax.set_ylabel("ms")
     ax.set_title("latency at half the peak")
     ax.grid(True, axis="y", which="both", alpha=0.3)

@@ -58,6 +58,7 @@ class Config:
     p99_limit_ms: float = 250.0
     keep_ratio: float = 0.95
     scenario_budget_s: float = 150.0
+    recover_s: float = 60.0  # at most this long for an overloaded server to catch up
     profile: bool = False
     out: Path = HERE / "reports"
     name: str = "core"
@@ -132,6 +133,7 @@ class Scenario:
             self.ramp(t0)
             peak = r.get("peak_rate")
             if peak:
+                r["recover_before_latency_s"] = self.client.quiesce(cfg.recover_s)
                 self.log(f"latency run at {peak / 2:.0f} msgs/s")
                 lat = self.step(peak / 2, cfg.latency_s, "latency")
                 r["latency"] = lat
@@ -203,6 +205,7 @@ class Scenario:
                     break
             rate *= cfg.factor
         if cfg.refine and best and first_fail and time.monotonic() - t0 < cfg.scenario_budget_s:
+            self.client.quiesce(self.cfg.recover_s)
             mid = math.sqrt(best * first_fail)
             res = self.step(mid, cfg.step_s, "refine")
             r["steps"].append(res)
@@ -286,6 +289,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     if a.quick:
         cfg.step_s, cfg.factor, cfg.latency_s, cfg.drain_s = 2.0, 2.0, 4.0, 2.0
         cfg.scenario_budget_s = 60.0
+        cfg.recover_s = 30.0
         cfg.name = "core-quick"
     if a.step_s:
         cfg.step_s = a.step_s
