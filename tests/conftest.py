@@ -8,12 +8,14 @@ migrated template, which takes a few milliseconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -125,3 +127,40 @@ def base_settings(tmp_path: Path) -> Settings:
         jwt_secret="test-secret-" + "x" * 32,
         compression=False,
     )
+
+
+@pytest.fixture
+async def node_factory(
+    fresh_db: str, base_settings: Settings
+) -> AsyncIterator[Any]:
+    """Starts in-process nodes on one fresh database; all stopped at teardown."""
+    from wsserver.app import Node
+
+    nodes: list[Node] = []
+
+    async def start(**overrides: Any) -> Node:
+        settings = base_settings.with_(database_url=overrides.pop("database_url", fresh_db), **overrides)
+        node = Node(settings)
+        await node.start()
+        nodes.append(node)
+        return node
+
+    start.dsn = fresh_db  # type: ignore[attr-defined]
+    yield start
+    for node in reversed(nodes):
+        with contextlib.suppress(Exception):
+            await node.stop(timeout=2)
+
+
+@pytest.fixture
+async def node(node_factory: Any) -> Any:
+    return await node_factory()
+
+
+@pytest.fixture
+async def world(node: Any, new_id: Any) -> AsyncIterator[Any]:
+    from tests.helpers import World
+
+    w = World(node.dsn, node.settings, f"ws://127.0.0.1:{node.ws_port}/ws", new_id)
+    yield w
+    await w.close()

@@ -1,0 +1,1 @@
+"""Legacy REST endpoints, the internal API and the operational endpoints (Starlette)."""

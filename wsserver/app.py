@@ -1,0 +1,143 @@
+"""A node: the database, store, writer, bus, WebSocket server and HTTP app, wired
+together and started and stopped in order. `beseda serve` runs one; tests run
+several in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import uuid
+from collections.abc import Generator
+
+import asyncpg
+import uvicorn
+
+from . import db, metrics
+from .auth import TokenVerifier
+from .bus.base import Bus
+from .bus.memory import MemoryBus
+from .config import Settings
+from .embedded_pg import EmbeddedPostgres
+from .registry import Registry
+from .server import ChatServer
+from .store import Store
+from .writer import BatchWriter
+
+log = logging.getLogger(__name__)
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the node owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class Node:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.node_id = settings.node_id or uuid.uuid4().hex[:8]
+        self.embedded_pg: EmbeddedPostgres | None = None
+        self.dsn = ""
+        self.pool: asyncpg.Pool | None = None
+        self.http_port = 0
+        self.ws_port = 0
+        self._http: _EmbeddedUvicorn | None = None
+        self._http_task: asyncio.Task[None] | None = None
+
+    async def start(self, *, migrate: bool = True) -> None:
+        s = self.settings
+        self.dsn, self.embedded_pg = await db.resolve_database_url(s)
+        if migrate:
+            applied = await db.migrate(self.dsn)
+            if applied:
+                log.info("migrate.done applied=%s", ",".join(applied))
+        self.pool = await asyncpg.create_pool(
+            self.dsn,
+            min_size=min(s.db_pool_min, s.db_pool_max),
+            max_size=s.db_pool_max,
+            max_inactive_connection_lifetime=60,
+            init=Store.connection_init(),
+            **db.connect_kwargs(s),
+        )
+        self.store = Store(
+            self.pool, default_lang=s.default_lang, acquire_timeout_s=s.db_acquire_timeout_s
+        )
+        self.writer = BatchWriter(self.store, lanes=s.writer_lanes, max_batch=s.writer_max_batch)
+        self.registry = Registry()
+        self.bus: Bus = self._make_bus()
+        self.verifier = TokenVerifier(s)
+        self.server = ChatServer(
+            s, self.store, self.writer, self.bus, self.registry, self.verifier, self.node_id
+        )
+        await self.bus.start()
+        self.writer.start()
+        await self.server.start()
+        self.ws_port = self.server.port
+        await self._start_http()
+        log.info(
+            "node.started node=%s ws=%s:%s http=%s:%s bus=%s",
+            self.node_id, s.host, self.ws_port, s.host, self.http_port, self.bus.name,
+        )
+
+    def _make_bus(self) -> Bus:
+        if self.settings.redis_url:
+            from .bus.redis import RedisBus  # the multi-node path
+
+            return RedisBus(self.settings.redis_url, self.registry, self.node_id)
+        return MemoryBus(self.registry)
+
+    async def _start_http(self) -> None:
+        from restadapter.app import build_app
+
+        app = build_app(self)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.settings.host, self.settings.http_port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        self.http_port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            app, loop="none", lifespan="off", log_level="warning", access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+        self._http = _EmbeddedUvicorn(config)
+        self._http_task = asyncio.get_running_loop().create_task(self._http.serve(sockets=[sock]))
+        while not self._http.started:
+            if self._http_task.done():
+                self._http_task.result()
+            await asyncio.sleep(0.01)
+
+    async def database_ready(self) -> bool:
+        try:
+            async with self.store.connection() as conn:
+                await conn.fetchval("SELECT 1")
+            return True
+        except Exception:
+            return False
+
+    def refresh_gauges(self) -> None:
+        if self.pool is not None:
+            size = self.pool.get_size()
+            idle = self.pool.get_idle_size()
+            metrics.DB_POOL_SIZE.labels(state="idle").set(idle)
+            metrics.DB_POOL_SIZE.labels(state="busy").set(size - idle)
+            metrics.DB_POOL_SIZE.labels(state="max").set(self.pool.get_max_size())
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Drain: stop accepting, finish batches, close sockets with 1012, shut down."""
+        t = self.settings.drain_timeout_s if timeout is None else timeout
+        await self.server.drain(t)
+        if self._http is not None:
+            self._http.should_exit = True
+            if self._http_task is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._http_task, timeout=10)
+        await self.bus.stop()
+        if self.pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.pool.close(), timeout=5)
+        log.info("node.stopped node=%s", self.node_id)

@@ -1,0 +1,1 @@
+"""Event fan-out between nodes: in-process (one node) or Redis (many)."""

@@ -1,0 +1,74 @@
+"""Delivered horizons: which participants' devices have received which messages.
+
+When a new message reaches at least one socket of a participant (other than its
+author), their delivered horizon in that chat moves up to the message's seq. Moves
+are coalesced and written once per interval in one statement, then announced as
+`chat.message.status` (`delivered`) to the chat's participants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from .bus.base import Bus
+from .errors import BesedaError
+from .protocol import messages as m
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL_S = 1.0
+
+
+class DeliveryTracker:
+    def __init__(self, store: Store, bus: Bus, interval_s: float = FLUSH_INTERVAL_S) -> None:
+        self.store = store
+        self.bus = bus
+        self.interval_s = interval_s
+        self._pending: dict[tuple[int, int], int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+
+    def note(self, chat_id: int, seq: int, author: int | None, users: list[int]) -> None:
+        pending = self._pending
+        for uid in users:
+            if uid == author:
+                continue
+            key = (chat_id, uid)
+            if pending.get(key, 0) < seq:
+                pending[key] = seq
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, {}
+        items = [(chat, user, seq) for (chat, user), seq in batch.items()]
+        try:
+            moved = await self.store.mark_delivered(items)
+        except BesedaError as exc:
+            log.warning("receipts.flush_failed code=%s items=%d", exc.code, len(items))
+            for (chat, user), seq in batch.items():
+                if self._pending.get((chat, user), 0) < seq:
+                    self._pending[(chat, user)] = seq
+            return
+        for chat_id, user_id, message_id, members in moved:
+            status = m.StatusOut(
+                chat_id=chat_id, user_id=user_id, status="delivered", message_id=message_id
+            )
+            self.bus.publish_users(members, m.event_frame("chat.message.status", status))

@@ -1,0 +1,705 @@
+"""The PostgreSQL store: every query the server and the REST adapter run.
+
+Owns the SQL and the mapping from rows to wire structs. Connection-level failures
+(database down, pool exhausted, statement timeout) surface as `Unavailable`; a
+caller's mistake surfaces as the matching `BesedaError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from .errors import BadRequest, BesedaError, Conflict, Forbidden, NotFound, Unavailable
+from .protocol import messages as m
+
+log = logging.getLogger(__name__)
+
+SYNC_PAGE = 500
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+
+
+def iso(dt: datetime | None) -> str | None:
+    """ISO 8601 UTC with microseconds, as the contract wants."""
+    if dt is None:
+        return None
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    if isinstance(
+        exc,
+        (
+            OSError,
+            asyncio.TimeoutError,
+            asyncpg.InterfaceError,
+            asyncpg.QueryCanceledError,
+            asyncpg.CannotConnectNowError,
+            asyncpg.TooManyConnectionsError,
+        ),
+    ):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        state = getattr(exc, "sqlstate", "") or ""
+        return state[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+    return False
+
+
+MSG_COLS = (
+    "m.id, m.chat_id, m.seq, m.rev, m.created_rev, m.user_id, m.type, m.content, "
+    "m.lang, m.metadata, m.reply_to_id, m.message_key, m.created_at, m.edited_at, "
+    "m.deleted_at"
+)
+ATTACHMENTS_COL = (
+    "COALESCE((SELECT jsonb_agg(jsonb_build_object('id', a.id, 'type', a.type, "
+    "'mime_type', a.mime_type, 'size', a.size, 'name', a.name, 'status', a.status, "
+    "'metadata', a.metadata) ORDER BY a.id) FROM message_attachments a "
+    "WHERE a.message_id = m.id), '[]'::jsonb) AS attachments"
+)
+
+
+def message_out(r: Any, attachments: list[dict[str, Any]] | None = None) -> m.MessageOut:
+    deleted = r["deleted_at"] is not None
+    content = r["content"] or {}
+    if attachments is None:
+        try:
+            attachments = r["attachments"]
+        except KeyError:
+            attachments = []
+    return m.MessageOut(
+        id=r["id"],
+        chat_id=r["chat_id"],
+        seq=r["seq"],
+        rev=r["rev"],
+        user_id=r["user_id"],
+        type=r["type"],
+        content=m.Content()
+        if deleted
+        else m.Content(ru=content.get("ru"), en=content.get("en"), zh=content.get("zh")),
+        lang=r["lang"],
+        metadata=r["metadata"] or {},
+        attachments=[] if deleted else (attachments or []),
+        reply_to_id=r["reply_to_id"],
+        message_key=r["message_key"],
+        created_at=iso(r["created_at"]) or "",
+        edited_at=iso(r["edited_at"]),
+        deleted_at=iso(r["deleted_at"]),
+    )
+
+
+def send_ack(msg: m.MessageOut, duplicate: bool) -> m.SendAck:
+    return m.SendAck(**{f: getattr(msg, f) for f in msg.__struct_fields__}, duplicate=duplicate)
+
+
+@dataclass(slots=True)
+class SendRow:
+    """One message.send (or system message) headed for the batch writer."""
+
+    chat_id: int
+    user_id: int | None
+    message_key: str
+    type: str
+    text: str | None
+    lang: str | None
+    metadata: str | None  # JSON text
+    reply_to_id: int | None
+    check_member: bool = True
+    attachments: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class SendResult:
+    message: m.MessageOut | None = None
+    duplicate: bool = False
+    members: list[int] = field(default_factory=list)
+    error: BesedaError | None = None
+
+
+_SEND_SQL = """
+WITH input AS (
+    SELECT * FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],
+                         $6::text[], $7::text[], $8::text[], $9::bigint[], $10::bool[])
+        AS t(idx, chat_id, user_id, message_key, type, body, lang, metadata,
+             reply_to_id, check_member)
+),
+checked AS (
+    SELECT i.*, d.id AS dup_id,
+           CASE
+               WHEN d.id IS NOT NULL THEN 'duplicate'
+               WHEN c.id IS NULL OR c.deleted_at IS NOT NULL THEN 'not_found'
+               WHEN i.check_member AND (p.user_id IS NULL OR p.left_at IS NOT NULL)
+                   THEN 'not_found'
+               WHEN c.status <> 'active' THEN 'archived'
+               WHEN i.reply_to_id IS NOT NULL AND r.id IS NULL THEN 'bad_reply'
+               ELSE 'ok'
+           END AS verdict,
+           COALESCE(i.lang, u.locale, $11) AS final_lang
+      FROM input i
+      LEFT JOIN messages d ON d.chat_id = i.chat_id AND d.message_key = i.message_key
+      LEFT JOIN chats c ON c.id = i.chat_id
+      LEFT JOIN chat_participants p ON p.chat_id = i.chat_id AND p.user_id = i.user_id
+      LEFT JOIN messages r ON r.id = i.reply_to_id AND r.chat_id = i.chat_id
+      LEFT JOIN users u ON u.id = i.user_id AND i.lang IS NULL
+),
+ok AS MATERIALIZED (
+    SELECT checked.*, nextval(pg_get_serial_sequence('messages', 'id')) AS new_id,
+           row_number() OVER (PARTITION BY chat_id ORDER BY idx) AS rn
+      FROM checked
+     WHERE verdict = 'ok'
+),
+counts AS (
+    SELECT chat_id, count(*) AS n, (array_agg(new_id ORDER BY rn DESC))[1] AS last_id
+      FROM ok GROUP BY chat_id
+),
+bump AS (
+    UPDATE chats c
+       SET last_seq = c.last_seq + k.n, rev = c.rev + k.n, last_message_id = k.last_id,
+           last_message_at = now(), updated_at = now()
+      FROM counts k
+     WHERE c.id = k.chat_id AND c.status = 'active' AND c.deleted_at IS NULL
+    RETURNING c.id, c.last_seq - k.n AS seq0, c.rev - k.n AS rev0
+),
+ins AS (
+    INSERT INTO messages (id, chat_id, seq, rev, created_rev, user_id, type, content,
+                          lang, metadata, reply_to_id, message_key)
+    SELECT ok.new_id, ok.chat_id, b.seq0 + ok.rn, b.rev0 + ok.rn, b.rev0 + ok.rn,
+           ok.user_id, ok.type,
+           CASE WHEN ok.body IS NULL OR ok.body = '' THEN '{}'::jsonb
+                ELSE jsonb_build_object(ok.final_lang, ok.body) END,
+           ok.final_lang, COALESCE(ok.metadata::jsonb, '{}'::jsonb), ok.reply_to_id,
+           ok.message_key
+      FROM ok JOIN bump b ON b.id = ok.chat_id
+    RETURNING id, chat_id, seq, rev, created_rev, user_id, type, content, lang, metadata,
+              reply_to_id, message_key, created_at, edited_at, deleted_at
+),
+members AS (
+    SELECT cp.chat_id, array_agg(cp.user_id) AS user_ids
+      FROM chat_participants cp
+     WHERE cp.chat_id IN (SELECT id FROM bump) AND cp.left_at IS NULL
+     GROUP BY cp.chat_id
+)
+SELECT k.idx,
+       CASE WHEN k.verdict = 'ok' AND ins.id IS NULL THEN 'archived' ELSE k.verdict END
+           AS verdict,
+       COALESCE(ins.id, d.id) AS id, COALESCE(ins.chat_id, d.chat_id) AS chat_id,
+       COALESCE(ins.seq, d.seq) AS seq, COALESCE(ins.rev, d.rev) AS rev,
+       COALESCE(ins.created_rev, d.created_rev) AS created_rev,
+       COALESCE(ins.user_id, d.user_id) AS user_id, COALESCE(ins.type, d.type) AS type,
+       COALESCE(ins.content, d.content) AS content, COALESCE(ins.lang, d.lang) AS lang,
+       COALESCE(ins.metadata, d.metadata) AS metadata,
+       COALESCE(ins.reply_to_id, d.reply_to_id) AS reply_to_id,
+       COALESCE(ins.message_key, d.message_key) AS message_key,
+       COALESCE(ins.created_at, d.created_at) AS created_at,
+       COALESCE(ins.edited_at, d.edited_at) AS edited_at,
+       CASE WHEN ins.id IS NOT NULL THEN NULL ELSE d.deleted_at END AS deleted_at,
+       mem.user_ids AS members
+  FROM checked k
+  LEFT JOIN ok ON ok.idx = k.idx
+  LEFT JOIN ins ON ins.id = ok.new_id
+  LEFT JOIN messages d ON d.id = k.dup_id
+  LEFT JOIN members mem ON mem.chat_id = ins.chat_id
+ ORDER BY k.idx
+"""
+
+_CLAIM_ATTACHMENTS_SQL = """
+UPDATE message_attachments a
+   SET message_id = x.message_id
+  FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS x(att_id, message_id, user_id)
+ WHERE a.id = x.att_id AND a.uploader_id = x.user_id AND a.message_id IS NULL
+RETURNING a.id, a.message_id, a.type, a.mime_type, a.size, a.name, a.status, a.metadata
+"""
+
+_VERDICT_ERRORS: dict[str, BesedaError] = {
+    "not_found": NotFound("chat not found"),
+    "archived": Conflict("chat is archived"),
+    "bad_reply": BadRequest("`data.reply_to_id` is not a message of this chat"),
+}
+
+
+class AttachmentClaimFailed(Exception):
+    def __init__(self, bad_idx: set[int]) -> None:
+        super().__init__("attachment claim failed")
+        self.bad_idx = bad_idx
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda v: msgspec.json.encode(v).decode(),
+        decoder=msgspec.json.decode,
+        schema="pg_catalog",
+    )
+
+
+class Store:
+    def __init__(
+        self, pool: asyncpg.Pool, *, default_lang: str = "ru", acquire_timeout_s: float = 5.0
+    ) -> None:
+        self.pool = pool
+        self.default_lang = default_lang
+        self.acquire_timeout_s = acquire_timeout_s
+
+    @staticmethod
+    def connection_init() -> Any:
+        return _init_connection
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; database trouble becomes `Unavailable`."""
+        try:
+            async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+                yield conn
+        except BesedaError:
+            raise
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise Unavailable("storage unavailable: retry with the same message_key") from exc
+            raise
+
+    # -- sends -----------------------------------------------------------------
+
+    async def write_sends(self, rows: Sequence[SendRow]) -> list[SendResult]:
+        """Stores a batch in one statement; each row gets its own result."""
+        async with self.connection() as conn:
+            return await self._write_sends(conn, list(range(len(rows))), rows)
+
+    async def _write_sends(
+        self, conn: asyncpg.Connection, idxs: list[int], rows: Sequence[SendRow]
+    ) -> list[SendResult]:
+        results = [SendResult() for _ in rows]
+        pending = idxs
+        for _attempt in range(4):
+            try:
+                await self._run_send_statement(conn, pending, rows, results)
+                return results
+            except AttachmentClaimFailed as exc:
+                for i in exc.bad_idx:
+                    results[i] = SendResult(
+                        error=Conflict("attachment is not yours or already used")
+                    )
+                pending = [i for i in pending if i not in exc.bad_idx]
+            except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError,
+                    asyncpg.SerializationError):
+                # A concurrent writer stored the same key (or locked chats in the
+                # other order): the retry sees its commit and answers duplicate.
+                continue
+            except asyncpg.PostgresError as exc:
+                if is_unavailable(exc):
+                    raise
+                if len(pending) == 1:
+                    log.warning("writer.row_failed sqlstate=%s", exc.sqlstate)
+                    results[pending[0]] = SendResult(error=BadRequest("message was refused"))
+                    return results
+                half = len(pending) // 2
+                for part in (pending[:half], pending[half:]):
+                    sub = await self._write_sends(conn, part, rows)
+                    for i in part:
+                        results[i] = sub[i]
+                return results
+        for i in pending:
+            if results[i].message is None and results[i].error is None:
+                results[i] = SendResult(error=Unavailable("storage busy: retry"))
+        return results
+
+    async def _run_send_statement(
+        self,
+        conn: asyncpg.Connection,
+        idxs: list[int],
+        rows: Sequence[SendRow],
+        results: list[SendResult],
+    ) -> None:
+        if not idxs:
+            return
+        sel = [rows[i] for i in idxs]
+        args = (
+            idxs,
+            [r.chat_id for r in sel],
+            [r.user_id for r in sel],
+            [r.message_key for r in sel],
+            [r.type for r in sel],
+            [r.text for r in sel],
+            [r.lang for r in sel],
+            [r.metadata for r in sel],
+            [r.reply_to_id for r in sel],
+            [r.check_member for r in sel],
+            self.default_lang,
+        )
+        with_attachments = any(r.attachments for r in sel)
+        if not with_attachments:
+            records = await conn.fetch(_SEND_SQL, *args)
+            claimed: dict[int, list[dict[str, Any]]] = {}
+        else:
+            async with conn.transaction():
+                records = await conn.fetch(_SEND_SQL, *args)
+                claimed = await self._claim_attachments(conn, records, rows)
+        for rec in records:
+            i = rec["idx"]
+            verdict = rec["verdict"]
+            if verdict in ("ok", "duplicate"):
+                msg = message_out(rec, claimed.get(rec["id"], []))
+                results[i] = SendResult(
+                    message=msg,
+                    duplicate=verdict == "duplicate",
+                    members=list(rec["members"] or []),
+                )
+            else:
+                results[i] = SendResult(error=_VERDICT_ERRORS[verdict])
+
+    async def _claim_attachments(
+        self, conn: asyncpg.Connection, records: list[Any], rows: Sequence[SendRow]
+    ) -> dict[int, list[dict[str, Any]]]:
+        att_ids: list[int] = []
+        msg_ids: list[int] = []
+        users: list[int | None] = []
+        owner: dict[int, int] = {}
+        for rec in records:
+            if rec["verdict"] != "ok":
+                continue
+            row = rows[rec["idx"]]
+            for att in row.attachments:
+                att_ids.append(att)
+                msg_ids.append(rec["id"])
+                users.append(row.user_id)
+                owner[att] = rec["idx"]
+        if not att_ids:
+            return {}
+        got = await conn.fetch(_CLAIM_ATTACHMENTS_SQL, att_ids, msg_ids, users)
+        got_ids = {r["id"] for r in got}
+        bad = {owner[a] for a in att_ids if a not in got_ids}
+        if bad:
+            raise AttachmentClaimFailed(bad)
+        out: dict[int, list[dict[str, Any]]] = {}
+        for r in sorted(got, key=lambda r: r["id"]):
+            out.setdefault(r["message_id"], []).append(
+                {k: r[k] for k in ("id", "type", "mime_type", "size", "name", "status", "metadata")}
+            )
+        return out
+
+    # -- reads -----------------------------------------------------------------
+
+    async def chat_for_member(self, conn: asyncpg.Connection, chat_id: int, user_id: int) -> Any:
+        """The chat row when the user takes part in it (and has not left), else NotFound."""
+        row = await conn.fetchrow(
+            """SELECT c.id, c.status, c.last_seq, c.rev, p.last_read_seq
+                 FROM chats c JOIN chat_participants p ON p.chat_id = c.id
+                WHERE c.id = $1 AND p.user_id = $2 AND p.left_at IS NULL
+                  AND c.deleted_at IS NULL""",
+            chat_id,
+            user_id,
+        )
+        if row is None:
+            raise NotFound("chat not found")
+        return row
+
+    async def is_member(self, chat_id: int, user_id: int) -> bool:
+        async with self.connection() as conn:
+            try:
+                await self.chat_for_member(conn, chat_id, user_id)
+            except NotFound:
+                return False
+            return True
+
+    async def members(self, chat_id: int) -> list[int]:
+        async with self.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT user_id FROM chat_participants WHERE chat_id = $1 AND left_at IS NULL",
+                chat_id,
+            )
+        return [r["user_id"] for r in rows]
+
+    async def history(
+        self,
+        user_id: int,
+        chat_id: int,
+        before_seq: int | None,
+        after_seq: int | None,
+        limit: int,
+    ) -> m.HistoryAck:
+        async with self.connection() as conn:
+            await self.chat_for_member(conn, chat_id, user_id)
+            if after_seq is not None:
+                rows = await conn.fetch(
+                    f"""SELECT {MSG_COLS}, {ATTACHMENTS_COL} FROM messages m
+                         WHERE m.chat_id = $1 AND m.seq > $2 ORDER BY m.seq LIMIT $3""",
+                    chat_id, after_seq, limit + 1,
+                )
+                has_more = len(rows) > limit
+                rows = rows[:limit]
+            else:
+                bound = before_seq if before_seq is not None else 2**63 - 1
+                rows = await conn.fetch(
+                    f"""SELECT {MSG_COLS}, {ATTACHMENTS_COL} FROM messages m
+                         WHERE m.chat_id = $1 AND m.seq < $2 ORDER BY m.seq DESC LIMIT $3""",
+                    chat_id, bound, limit + 1,
+                )
+                has_more = len(rows) > limit
+                rows = list(reversed(rows[:limit]))
+        return m.HistoryAck(messages=[message_out(r) for r in rows], has_more=has_more)
+
+    async def sync(self, user_id: int, chats: Sequence[m.SyncChat]) -> m.SyncAck:
+        out: list[m.SyncChatOut] = []
+        async with self.connection() as conn:
+            for item in chats:
+                out.append(await self._sync_one(conn, user_id, item.chat_id, item.rev))
+        return m.SyncAck(chats=out)
+
+    async def _sync_one(
+        self, conn: asyncpg.Connection, user_id: int, chat_id: int, since: int
+    ) -> m.SyncChatOut:
+        try:
+            chat = await self.chat_for_member(conn, chat_id, user_id)
+        except NotFound:
+            return m.SyncChatOut(chat_id=chat_id, rev=0, changes=[], has_more=False, reset=True)
+        if since > chat["rev"]:
+            return m.SyncChatOut(
+                chat_id=chat_id, rev=chat["rev"], changes=[], has_more=False, reset=True
+            )
+        rows = await conn.fetch(
+            f"""SELECT {MSG_COLS}, {ATTACHMENTS_COL} FROM messages m
+                 WHERE m.chat_id = $1 AND m.rev > $2 AND m.rev <= $3
+                 ORDER BY m.rev LIMIT $4""",
+            chat_id, since, chat["rev"], SYNC_PAGE + 1,
+        )
+        events = await conn.fetch(
+            """SELECT rev, type, data FROM chat_events
+                WHERE chat_id = $1 AND rev > $2 AND rev <= $3 ORDER BY rev LIMIT $4""",
+            chat_id, since, chat["rev"], SYNC_PAGE + 1,
+        )
+        changes: list[tuple[int, m.Change]] = []
+        for r in rows:
+            msg = message_out(r)
+            if r["deleted_at"] is not None:
+                kind = "chat.message.delete"
+            elif r["created_rev"] > since:
+                kind = "chat.message.new"
+            else:
+                kind = "chat.message.update"
+            changes.append((r["rev"], m.Change(type=kind, data=msg)))
+        for e in events:
+            data = dict(e["data"])
+            data["rev"] = e["rev"]
+            changes.append((e["rev"], m.Change(type=e["type"], data=data)))
+        changes.sort(key=lambda c: c[0])
+        has_more = len(changes) > SYNC_PAGE
+        page = [c for _, c in changes[:SYNC_PAGE]]
+        return m.SyncChatOut(
+            chat_id=chat_id, rev=chat["rev"], changes=page, has_more=has_more, reset=False
+        )
+
+    # -- changes to existing messages ---------------------------------------------
+
+    async def _locked_message(
+        self, conn: asyncpg.Connection, message_id: int, user_id: int
+    ) -> Any:
+        row = await conn.fetchrow(
+            """SELECT m.id, m.chat_id, m.user_id, m.deleted_at, c.status
+                 FROM messages m
+                 JOIN chats c ON c.id = m.chat_id AND c.deleted_at IS NULL
+                 JOIN chat_participants p ON p.chat_id = m.chat_id
+                      AND p.user_id = $2 AND p.left_at IS NULL
+                WHERE m.id = $1""",
+            message_id,
+            user_id,
+        )
+        if row is None:
+            raise NotFound("message not found")
+        await conn.execute("SELECT 1 FROM chats WHERE id = $1 FOR UPDATE", row["chat_id"])
+        return row
+
+    async def edit(
+        self, user_id: int, message_id: int, text: str, lang: str | None
+    ) -> tuple[m.MessageOut, list[int]]:
+        async with self.connection() as conn, conn.transaction():
+            row = await self._locked_message(conn, message_id, user_id)
+            if row["user_id"] != user_id:
+                raise Forbidden("only the author may edit a message")
+            if row["deleted_at"] is not None:
+                raise Conflict("message is deleted")
+            if row["status"] != "active":
+                raise Conflict("chat is archived")
+            rec = await conn.fetchrow(
+                f"""WITH bump AS (
+                        UPDATE chats SET rev = rev + 1, updated_at = now()
+                         WHERE id = $1 RETURNING rev)
+                    UPDATE messages m
+                       SET content = jsonb_build_object(
+                               COALESCE($3, (SELECT locale FROM users WHERE id = $4), $5), $2::text),
+                           lang = COALESCE($3, (SELECT locale FROM users WHERE id = $4), $5),
+                           rev = (SELECT rev FROM bump), edited_at = now()
+                     WHERE m.id = $6
+                 RETURNING {MSG_COLS}, {ATTACHMENTS_COL}""",
+                row["chat_id"], text, lang, user_id, self.default_lang, message_id,
+            )
+            members = await self._members(conn, row["chat_id"])
+        return message_out(rec), members
+
+    async def delete(
+        self, user_id: int, role: str, message_id: int
+    ) -> tuple[m.DeleteOut, list[int], bool]:
+        """Soft delete; returns (event data, members, changed)."""
+        async with self.connection() as conn, conn.transaction():
+            row = await self._locked_message(conn, message_id, user_id)
+            if row["user_id"] != user_id and role != "manager":
+                raise Forbidden("only the author or a manager may delete a message")
+            if row["deleted_at"] is not None:
+                rec = await conn.fetchrow(
+                    "SELECT id, chat_id, rev, deleted_at FROM messages WHERE id = $1",
+                    message_id,
+                )
+                changed = False
+            else:
+                rec = await conn.fetchrow(
+                    """WITH bump AS (
+                            UPDATE chats SET rev = rev + 1, updated_at = now()
+                             WHERE id = $1 RETURNING rev)
+                       UPDATE messages
+                          SET content = '{}'::jsonb, deleted_at = now(),
+                              rev = (SELECT rev FROM bump)
+                        WHERE id = $2
+                    RETURNING id, chat_id, rev, deleted_at""",
+                    row["chat_id"], message_id,
+                )
+                changed = True
+            members = await self._members(conn, row["chat_id"])
+        out = m.DeleteOut(
+            id=rec["id"], chat_id=rec["chat_id"], rev=rec["rev"], deleted_at=iso(rec["deleted_at"]) or ""
+        )
+        return out, members, changed
+
+    async def read(
+        self, user_id: int, chat_id: int, message_id: int
+    ) -> tuple[m.ReadAck, list[int], bool]:
+        """Moves the read horizon forward (never back); returns (ack, members, moved)."""
+        async with self.connection() as conn:
+            rec = await conn.fetchrow(
+                """WITH target AS (
+                        SELECT m.id, m.seq FROM messages m WHERE m.id = $3 AND m.chat_id = $1),
+                   upd AS (
+                        UPDATE chat_participants p
+                           SET last_read_seq = t.seq, last_read_message_id = t.id,
+                               last_read_at = now(),
+                               delivered_seq = GREATEST(p.delivered_seq, t.seq)
+                          FROM target t
+                         WHERE p.chat_id = $1 AND p.user_id = $2 AND p.left_at IS NULL
+                           AND p.last_read_seq < t.seq
+                     RETURNING p.last_read_message_id, p.last_read_seq)
+                   SELECT c.last_seq, c.deleted_at, p.left_at,
+                          (SELECT id FROM target) AS target_id,
+                          COALESCE((SELECT last_read_message_id FROM upd),
+                                   p.last_read_message_id) AS last_read_message_id,
+                          COALESCE((SELECT last_read_seq FROM upd), p.last_read_seq)
+                              AS last_read_seq,
+                          EXISTS (SELECT 1 FROM upd) AS moved,
+                          (SELECT array_agg(user_id) FROM chat_participants
+                            WHERE chat_id = $1 AND left_at IS NULL) AS members
+                     FROM chats c
+                     JOIN chat_participants p ON p.chat_id = c.id AND p.user_id = $2
+                    WHERE c.id = $1""",
+                chat_id, user_id, message_id,
+            )
+        if rec is None or rec["deleted_at"] is not None or rec["left_at"] is not None:
+            raise NotFound("chat not found")
+        if rec["target_id"] is None:
+            raise NotFound("message not found")
+        ack = m.ReadAck(
+            chat_id=chat_id,
+            last_read_message_id=rec["last_read_message_id"],
+            unread=max(0, rec["last_seq"] - rec["last_read_seq"]),
+        )
+        return ack, list(rec["members"] or []), rec["moved"]
+
+    async def mark_delivered(
+        self, items: Sequence[tuple[int, int, int]]
+    ) -> list[tuple[int, int, int, list[int]]]:
+        """(chat, user, seq) delivered horizons; returns those that moved, with the
+        message id at the horizon and the chat's members."""
+        if not items:
+            return []
+        async with self.connection() as conn:
+            rows = await conn.fetch(
+                """WITH x AS (
+                        SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])
+                            AS t(chat_id, user_id, seq)),
+                   upd AS (
+                        UPDATE chat_participants p
+                           SET delivered_seq = x.seq, delivered_at = now()
+                          FROM x
+                         WHERE p.chat_id = x.chat_id AND p.user_id = x.user_id
+                           AND p.delivered_seq < x.seq
+                     RETURNING p.chat_id, p.user_id, p.delivered_seq)
+                   SELECT upd.chat_id, upd.user_id, msg.id AS message_id,
+                          (SELECT array_agg(user_id) FROM chat_participants cp
+                            WHERE cp.chat_id = upd.chat_id AND cp.left_at IS NULL) AS members
+                     FROM upd
+                     JOIN messages msg ON msg.chat_id = upd.chat_id
+                                      AND msg.seq = upd.delivered_seq""",
+                [i[0] for i in items], [i[1] for i in items], [i[2] for i in items],
+            )
+        return [(r["chat_id"], r["user_id"], r["message_id"], list(r["members"] or [])) for r in rows]
+
+    async def _members(self, conn: asyncpg.Connection, chat_id: int) -> list[int]:
+        rows = await conn.fetch(
+            "SELECT user_id FROM chat_participants WHERE chat_id = $1 AND left_at IS NULL",
+            chat_id,
+        )
+        return [r["user_id"] for r in rows]
+
+    # -- chats -------------------------------------------------------------------
+
+    async def create_chat(
+        self,
+        *,
+        group: str,
+        type: str,
+        name: str,
+        users: Sequence[tuple[int, str]],
+        order_id: int | None = None,
+        verification_id: int | None = None,
+        metadata: dict[str, Any] | None = None,
+        created_by: int | None = None,
+    ) -> dict[str, Any]:
+        async with self.connection() as conn, conn.transaction():
+            chat = await conn.fetchrow(
+                """INSERT INTO chats (type, "group", name, order_id, verification_id,
+                                      metadata, created_by)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7)
+                   RETURNING *""",
+                type, group, name, order_id, verification_id, metadata or {}, created_by,
+            )
+            await conn.executemany(
+                """INSERT INTO chat_participants (chat_id, user_id, role) VALUES ($1, $2, $3)
+                   ON CONFLICT (chat_id, user_id) DO UPDATE SET role = EXCLUDED.role,
+                       left_at = NULL""",
+                [(chat["id"], uid, role) for uid, role in users],
+            )
+        return chat_out(chat, [{"user_id": u, "role": r} for u, r in users])
+
+
+def chat_out(row: Any, participants: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    out = {
+        "id": row["id"],
+        "type": row["type"],
+        "group": row["group"],
+        "name": row["name"],
+        "status": row["status"],
+        "order_id": row["order_id"],
+        "verification_id": row["verification_id"],
+        "metadata": row["metadata"],
+        "last_message_id": row["last_message_id"],
+        "last_seq": row["last_seq"],
+        "rev": row["rev"],
+        "created_at": iso(row["created_at"]),
+        "updated_at": iso(row["updated_at"]),
+        "deleted_at": iso(row["deleted_at"]),
+    }
+    if participants is not None:
+        out["participants"] = participants
+    return out

@@ -1,0 +1,159 @@
+"""The batch writer: sends that arrive together are stored in one statement.
+
+Sends are spread over a few lanes by chat id; each lane stores one batch at a time,
+so a chat's messages are committed, acknowledged and fanned out in `seq` order on
+this node, while batches for other chats proceed on other lanes. Each send gets its
+own result: a bad row fails alone, a database outage answers `unavailable` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import metrics
+from .errors import BesedaError, Internal, Unavailable
+from .store import SendResult, SendRow, Store
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[["PendingSend", SendResult, float], None]
+
+
+@dataclass(slots=True)
+class PendingSend:
+    row: SendRow
+    callback: Callback
+    context: Any
+    received_at: float
+
+
+class _Lane:
+    def __init__(self, writer: "BatchWriter", number: int) -> None:
+        self.writer = writer
+        self.number = number
+        self.queue: deque[PendingSend] = deque()
+        self.wakeup = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.busy = False
+
+    async def run(self) -> None:
+        while True:
+            if not self.queue:
+                self.wakeup.clear()
+                await self.wakeup.wait()
+                continue
+            batch: list[PendingSend] = []
+            limit = self.writer.max_batch
+            while self.queue and len(batch) < limit:
+                batch.append(self.queue.popleft())
+            metrics.WRITER_QUEUE.dec(len(batch))
+            self.busy = True
+            try:
+                await self.writer.store_batch(batch)
+            finally:
+                self.busy = False
+
+
+class BatchWriter:
+    def __init__(self, store: Store, *, lanes: int = 2, max_batch: int = 512) -> None:
+        self.store = store
+        self.max_batch = max_batch
+        self._lanes = [_Lane(self, i) for i in range(max(1, lanes))]
+        self._started = False
+
+    def start(self) -> None:
+        for lane in self._lanes:
+            lane.task = asyncio.get_running_loop().create_task(lane.run())
+        self._started = True
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Finishes what is queued (up to `timeout`), then stops the lanes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (
+            any(lane.queue or lane.busy for lane in self._lanes)
+        ):
+            await asyncio.sleep(0.01)
+        for lane in self._lanes:
+            if lane.task is not None:
+                lane.task.cancel()
+        for lane in self._lanes:
+            if lane.task is not None:
+                try:
+                    await lane.task
+                except asyncio.CancelledError:
+                    pass
+        for lane in self._lanes:
+            while lane.queue:
+                item = lane.queue.popleft()
+                self._finish(item, SendResult(error=Unavailable("server is shutting down")), 0.0)
+
+    @property
+    def depth(self) -> int:
+        return sum(len(lane.queue) for lane in self._lanes)
+
+    def submit(self, row: SendRow, callback: Callback, context: Any = None) -> None:
+        lane = self._lanes[row.chat_id % len(self._lanes)]
+        lane.queue.append(PendingSend(row, callback, context, time.perf_counter()))
+        metrics.WRITER_QUEUE.inc()
+        lane.wakeup.set()
+
+    async def write(self, row: SendRow) -> SendResult:
+        """Awaitable form for callers outside the socket path (REST, internal API)."""
+        fut: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()
+
+        def done(_item: PendingSend, result: SendResult, _t: float) -> None:
+            if not fut.done():
+                fut.set_result(result)
+
+        self.submit(row, done)
+        return await fut
+
+    async def store_batch(self, batch: list[PendingSend]) -> None:
+        # Sends repeating a key already in this batch wait for the first one.
+        first: dict[tuple[int, str], int] = {}
+        unique: list[PendingSend] = []
+        followers: list[tuple[PendingSend, int]] = []
+        for item in batch:
+            key = (item.row.chat_id, item.row.message_key)
+            at = first.get(key)
+            if at is None:
+                first[key] = len(unique)
+                unique.append(item)
+            else:
+                followers.append((item, at))
+
+        started = time.perf_counter()
+        try:
+            results = await self.store.write_sends([item.row for item in unique])
+        except BesedaError as exc:
+            metrics.DB_ERRORS.labels(kind=exc.code).inc()
+            results = [SendResult(error=exc) for _ in unique]
+        except Exception:
+            log.exception("writer.batch_failed size=%d", len(unique))
+            metrics.DB_ERRORS.labels(kind="internal").inc()
+            results = [SendResult(error=Internal()) for _ in unique]
+        committed = time.perf_counter()
+        metrics.WRITER_BATCH_SIZE.observe(len(unique))
+        metrics.WRITER_BATCH_SECONDS.observe(committed - started)
+
+        for item, result in zip(unique, results):
+            metrics.SEND_TO_COMMIT.observe(committed - item.received_at)
+            self._finish(item, result, committed)
+        for item, at in followers:
+            res = results[at]
+            if res.message is not None:
+                res = SendResult(message=res.message, duplicate=True, members=[])
+            self._finish(item, res, committed)
+
+    @staticmethod
+    def _finish(item: PendingSend, result: SendResult, committed: float) -> None:
+        try:
+            item.callback(item, result, committed)
+        except Exception:
+            log.exception("writer.callback_failed")
