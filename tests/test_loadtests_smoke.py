@@ -13,7 +13,6 @@ import pytest
 
 pytest.importorskip("picows")
 pytest.importorskip("psutil")
-pytest.importorskip("numpy")
 
 from loadtests.client import LoadClient  # noqa: E402
 from loadtests.targets import RawTarget  # noqa: E402
@@ -45,6 +44,7 @@ def test_raw_server_delivers_every_message(tmp_path: Path, group: int) -> None:
 
 def test_report_renders_without_beseda(tmp_path: Path) -> None:
     """A report from a fake result: sections present, missing batch metric said plainly."""
+    pytest.importorskip("matplotlib")
     from loadtests.report import write_report
 
     step = {
