@@ -50,7 +50,7 @@ class Config:
     step_s: float = 4.0
     drain_s: float = 3.0
     factor: float = 1.5
-    start_deliveries: float = 1000.0  # first step's offered deliveries/s
+    start_deliveries: float = 500.0  # first step's offered deliveries/s
     max_steps: int = 16
     fail_streak: int = 2
     refine: bool = True
@@ -204,6 +204,15 @@ class Scenario:
                 if streak >= cfg.fail_streak:
                     break
             rate *= cfg.factor
+        floor = rate_floor = cfg.start_deliveries / self.fanout
+        while best is None and rate_floor / floor > 0.2 and time.monotonic() - t0 < cfg.scenario_budget_s:
+            # Nothing sustained from the start: step down (a few times) instead.
+            rate_floor /= 2
+            self.client.quiesce(self.cfg.recover_s)
+            res = self.step(rate_floor, cfg.step_s, "down")
+            r["steps"].append(res)
+            if res["sustained"]:
+                best = rate_floor
         if cfg.refine and best and first_fail and time.monotonic() - t0 < cfg.scenario_budget_s:
             self.client.quiesce(self.cfg.recover_s)
             mid = math.sqrt(best * first_fail)
