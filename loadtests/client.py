@@ -441,13 +441,17 @@ class LoadClient:
             "delivery_ms": percentiles_ms(del_ns),
         }
 
+    def frames(self) -> int:
+        """Frames received by all workers so far."""
+        return sum(r["frames"] for r in self._all([{"op": "frames"}] * len(self.pipes)))
+
     def quiesce(self, max_s: float, quiet_s: float = 0.5) -> float:
         """Wait (bounded) until no frame has arrived for `quiet_s`: the server caught up."""
         t0 = time.monotonic()
         last = -1
         quiet_since = t0
         while time.monotonic() - t0 < max_s:
-            n = sum(r["frames"] for r in self._all([{"op": "frames"}] * len(self.pipes)))
+            n = self.frames()
             now = time.monotonic()
             if n != last:
                 last, quiet_since = n, now

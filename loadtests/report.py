@@ -51,28 +51,33 @@ def _markdown(r: dict[str, Any], name: str, pngs: list[Path]) -> str:
     a(f"Run {r['started_utc']}, {r['wall_s'] / 60:.1f} min wall. Command:\n")
     a(f"    {r['command']}\n")
     a("## Where Beseda stands\n")
+    for line in _findings(r):
+        a(f"- {line}")
+    a("")
     for g in groups:
         a(f"### Chats of {g} ({cfg['sockets']} sockets, one per user, {cfg['sockets'] // g} chats)\n")
-        a("| target | peak sustained msgs/s | deliveries/s at peak | vs raw | ack p50 / p99 ms @ half peak | delivery p50 / p99 ms @ half peak | RSS per idle conn | server CPU at peak | client CPU at peak (per worker) |")
-        a("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        a("| target | peak sustained msgs/s | deliveries/s at peak | vs raw | ack p50 / p99 ms @ half peak | delivery p50 / p99 ms @ half peak | RSS per idle conn | server CPU at peak | helper CPU at peak | other CPU at peak | client CPU at peak (per worker) |")
+        a("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         raw = by.get(("raw", g), {})
         for t in targets:
             s = by.get((t, g))
             if s is None:
                 continue
             if "error" in s and not s.get("steps"):
-                a(f"| {t} | failed: {s['error'][:120]} | | | | | | | |")
+                a(f"| {t} | failed: {s['error'][:120]} | | | | | | | | | |")
                 continue
             pk = s.get("peak_step") or {}
             lat = s.get("latency") or {}
             am, dm = lat.get("ack_ms", {}), lat.get("delivery_ms", {})
+            bad = " (run not sustained)" if lat and not lat.get("sustained") else ""
             a(
                 f"| {t} | {_f(s.get('peak_rate'))} | {_f(pk.get('delivery_rate'))} | "
                 f"{_ratio(s.get('peak_rate'), raw.get('peak_rate')) if t != 'raw' else '1'} | "
                 f"{_f(am.get('p50'), 1)} / {_f(am.get('p99'), 1)} | "
-                f"{_f(dm.get('p50'), 1)} / {_f(dm.get('p99'), 1)} | "
+                f"{_f(dm.get('p50'), 1)} / {_f(dm.get('p99'), 1)}{bad} | "
                 f"{_f(s.get('rss_per_connection', 0) / 1024, 1, ' KiB')} | "
-                f"{_f(pk.get('server_cpu_pct'), 0, '%')} | "
+                f"{_f(pk.get('server_cpu_pct'), 0, '%')} | {_f(pk.get('aux_cpu_pct'), 0, '%')} | "
+                f"{_f(pk.get('other_cpu_pct'), 0, '%')} | "
                 f"{'/'.join(_f(c, 0, '%') for c in pk.get('client_cpu_pct', []))} |"
             )
         a("")
@@ -214,6 +219,49 @@ def _markdown(r: dict[str, Any], name: str, pngs: list[Path]) -> str:
         for p in pngs:
             a(f"![{p.stem}]({p.name})\n")
     return "\n".join(L) + "\n"
+
+
+def _limit(s: dict[str, Any]) -> str:
+    """A guess at what stopped the ramp, from the first failed step's CPU figures."""
+    fails = [x for x in s.get("steps", []) if not x["sustained"]]
+    if not fails:
+        return "the ramp never failed (raise --factor or the step count)"
+    f = fails[0]
+    why = "; ".join(f["why_not"])
+    if any("client offered only" in w for w in f["why_not"]):
+        return f"the load client could not offer the rate ({why})"
+    if (f.get("aux_cpu_pct") or 0) >= 75:
+        return (f"the helper (database/bus) at {f['aux_cpu_pct']:.0f}% of a core "
+                f"while the server used {f['server_cpu_pct']:.0f}% ({why})")
+    if f["server_cpu_pct"] >= 85:
+        return f"server CPU ({f['server_cpu_pct']:.0f}% of a core; {why})"
+    if (f.get("other_cpu_pct") or 0) >= 60:
+        return (f"unclear: the server used {f['server_cpu_pct']:.0f}% while other tenants "
+                f"of the machine used {f['other_cpu_pct']:.0f}% ({why})")
+    return f"latency or queueing with CPU to spare: server {f['server_cpu_pct']:.0f}% ({why})"
+
+
+def _findings(r: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    by = _by(r)
+    for s in r["scenarios"]:
+        if not s.get("steps"):
+            continue
+        t, g = s["target"], s["group"]
+        raw = by.get(("raw", g), {})
+        ratio = (f", {_ratio(s.get('peak_rate'), raw.get('peak_rate'))} the raw ceiling"
+                 if t != "raw" and raw.get("peak_rate") else "")
+        out.append(f"**{t}, chats of {g}**: peak {_f(s.get('peak_rate'))} msgs/s "
+                   f"({_f((s.get('peak_step') or {}).get('delivery_rate'))} deliveries/s){ratio}; "
+                   f"first failed step limited by {_limit(s)}.")
+    others = [x.get("other_cpu_pct") for s in r["scenarios"] for x in s.get("steps", [])
+              if x.get("other_cpu_pct") is not None]
+    if others:
+        mean = sum(others) / len(others)
+        out.append(f"The machine was shared: other processes used on average {mean:.0f}% "
+                   f"(of 200%) during the steps, up to {max(others):.0f}%. Single steps "
+                   "can fail on noise; the ramp needs two failures in a row to stop.")
+    return out
 
 
 # ----------------------------------------------------------------------------- plots

@@ -133,7 +133,7 @@ class Scenario:
             self.ramp(t0)
             peak = r.get("peak_rate")
             if peak:
-                r["recover_before_latency_s"] = self.client.quiesce(cfg.recover_s)
+                r["recover_before_latency_s"] = self.settle(cfg.recover_s)
                 self.log(f"latency run at {peak / 2:.0f} msgs/s")
                 lat = self.step(peak / 2, cfg.latency_s, "latency")
                 r["latency"] = lat
@@ -145,6 +145,28 @@ class Scenario:
             r.update(self.t.stop())
             r["wall_s"] = time.monotonic() - t0
         return r
+
+    def settle(self, max_s: float, quiet_s: float = 0.5, idle_pct: float = 15.0) -> float:
+        """Wait (bounded) until the server has caught up with what was sent before.
+
+        Caught up: no frame has reached the client for `quiet_s` and the server's CPU
+        stayed under `idle_pct` meanwhile (an overloaded server can go quiet on the wire
+        while it still chews through a backlog).
+        """
+        pids = self.t.server_pids()
+        t0 = prev_t = since = time.monotonic()
+        prev_cpu = cpu_seconds(pids)
+        last = -1
+        while time.monotonic() - t0 < max_s:
+            time.sleep(0.25)
+            n, cpu, now = self.client.frames(), cpu_seconds(pids), time.monotonic()
+            busy = 100.0 * (cpu - prev_cpu) / max(now - prev_t, 1e-3)
+            prev_cpu, prev_t = cpu, now
+            if n != last or busy > idle_pct:
+                last, since = n, now
+            elif now - since >= quiet_s:
+                break
+        return time.monotonic() - t0
 
     def step(self, rate: float, duration: float, kind: str) -> dict[str, Any]:
         pids, aux = self.t.server_pids(), self.t.aux_pids()
@@ -169,7 +191,7 @@ class Scenario:
         res["batch_size"] = histogram_delta(m0, parse_histogram(self.t.metrics_text(), BATCH_METRIC))
         ok, why = judge(res, self.cfg)
         res["sustained"], res["why_not"] = ok, why
-        res["quiesce_s"] = self.client.quiesce(20.0)
+        res["settle_s"] = self.settle(20.0 if ok else min(30.0, self.cfg.recover_s))
         d, a = res["delivery_ms"], res["ack_ms"]
         self.log(
             f"{kind} offered {rate:8.0f}/s sent {res['send_rate']:8.0f}/s "
@@ -208,13 +230,11 @@ class Scenario:
         while best is None and rate_floor / floor > 0.2 and time.monotonic() - t0 < cfg.scenario_budget_s:
             # Nothing sustained from the start: step down (a few times) instead.
             rate_floor /= 2
-            self.client.quiesce(self.cfg.recover_s)
             res = self.step(rate_floor, cfg.step_s, "down")
             r["steps"].append(res)
             if res["sustained"]:
                 best = rate_floor
         if cfg.refine and best and first_fail and time.monotonic() - t0 < cfg.scenario_budget_s:
-            self.client.quiesce(self.cfg.recover_s)
             mid = math.sqrt(best * first_fail)
             res = self.step(mid, cfg.step_s, "refine")
             r["steps"].append(res)
@@ -223,8 +243,9 @@ class Scenario:
         r["peak_rate"] = best
         if best:
             at = [s for s in r["steps"] if s["offered_rate"] == best][-1]
-            r["peak_step"] = {k: at[k] for k in ("send_rate", "ack_rate", "delivery_rate",
-                                                 "server_cpu_pct", "client_cpu_pct")}
+            r["peak_step"] = {k: at.get(k) for k in ("send_rate", "ack_rate", "delivery_rate",
+                                                     "server_cpu_pct", "aux_cpu_pct",
+                                                     "other_cpu_pct", "client_cpu_pct")}
 
 
 # --------------------------------------------------------------------------- machine
@@ -314,6 +335,18 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     return cfg, a
 
 
+def _scenario(target: Target, group: int, cfg: Config, client: LoadClient) -> dict[str, Any]:
+    try:
+        return Scenario(target, group, cfg, client).run()
+    except Exception as exc:  # recorded in the report; the run goes on
+        print(f"[{target.name} g{group}] failed: {exc!r}", flush=True)
+        try:
+            client.close_sockets()
+        except Exception as exc2:  # workers may be gone
+            print(f"close failed: {exc2!r}", flush=True)
+        return {"target": target.name, "group": group, "error": repr(exc)}
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import sio_target  # noqa: F401  registers the socketio target
 
@@ -333,29 +366,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"work dir {work}; targets {cfg.targets}; groups {cfg.groups}", flush=True)
     with LoadClient(cfg.workers) as client:
         report["client_pids"] = client.pids
+        ready: list[Target] = []
         for name in cfg.targets:
             target = TARGETS[name](work)
             report["target_notes"][name] = list(target.notes)
             try:
                 target.setup()
+                ready.append(target)
             except Exception as exc:  # a target that cannot start is reported, not fatal
                 report["scenarios"].append({"target": name, "error": f"setup: {exc}"})
                 print(f"[{name}] setup failed: {exc}", flush=True)
-                continue
-            try:
-                for group in cfg.groups:
-                    try:
-                        report["scenarios"].append(Scenario(target, group, cfg, client).run())
-                    except Exception as exc:  # recorded in the report; the run goes on
-                        print(f"[{name} g{group}] failed: {exc!r}", flush=True)
-                        report["scenarios"].append({"target": name, "group": group,
-                                                    "error": repr(exc)})
-                        try:
-                            client.close_sockets()
-                        except Exception as exc2:  # workers may be gone
-                            print(f"close failed: {exc2!r}", flush=True)
-            finally:
-                target.teardown()
+        try:
+            # Chat size outermost: the targets of one chat size run back to back, so the
+            # comparison sees the shared machine in about the same state.
+            for group in cfg.groups:
+                for target in ready:
+                    report["scenarios"].append(_scenario(target, group, cfg, client))
+        finally:
+            for target in ready:
+                try:
+                    target.teardown()
+                except Exception as exc:  # keep tearing the others down
+                    print(f"[{target.name}] teardown failed: {exc!r}", flush=True)
     report["wall_s"] = time.monotonic() - t0
     from .report import write_report
 
