@@ -199,7 +199,8 @@ def _markdown(r: dict[str, Any], name: str, pngs: list[Path]) -> str:
       "**Client CPU**: each load worker process's own CPU over the window; a worker near "
       "100% would mean the client, not the server, was the limit. **Other CPU**: busy "
       "time of the whole machine not spent by the server, its helper or the load workers "
-      "(other tenants of this shared box, the coordinator, the kernel), 200% = both cores; "
+      "(other tenants of this shared box, the coordinator, time stolen by the hypervisor; "
+      "interrupt time excluded), 200% = both cores; "
       "a step with high other CPU measured a machine that was not ours alone.")
     a("")
     a("## Machine and setup\n")
@@ -225,20 +226,20 @@ def _limit(s: dict[str, Any]) -> str:
     """A guess at what stopped the ramp, from the first failed step's CPU figures."""
     fails = [x for x in s.get("steps", []) if not x["sustained"]]
     if not fails:
-        return "the ramp never failed (raise --factor or the step count)"
+        return "none (the ramp never failed: raise --factor or the step count)"
     f = fails[0]
     why = "; ".join(f["why_not"])
     if any("client offered only" in w for w in f["why_not"]):
         return f"the load client could not offer the rate ({why})"
     if (f.get("aux_cpu_pct") or 0) >= 75:
-        return (f"the helper (database/bus) at {f['aux_cpu_pct']:.0f}% of a core "
+        return (f"helper-bound, the database/bus at {f['aux_cpu_pct']:.0f}% of a core "
                 f"while the server used {f['server_cpu_pct']:.0f}% ({why})")
     if f["server_cpu_pct"] >= 85:
-        return f"server CPU ({f['server_cpu_pct']:.0f}% of a core; {why})"
+        return f"server CPU-bound ({f['server_cpu_pct']:.0f}% of a core; {why})"
     if (f.get("other_cpu_pct") or 0) >= 60:
-        return (f"unclear: the server used {f['server_cpu_pct']:.0f}% while other tenants "
+        return (f"unclear, the server used {f['server_cpu_pct']:.0f}% while other tenants "
                 f"of the machine used {f['other_cpu_pct']:.0f}% ({why})")
-    return f"latency or queueing with CPU to spare: server {f['server_cpu_pct']:.0f}% ({why})"
+    return f"latency or queueing with CPU to spare, server {f['server_cpu_pct']:.0f}% ({why})"
 
 
 def _findings(r: dict[str, Any]) -> list[str]:
@@ -253,7 +254,7 @@ def _findings(r: dict[str, Any]) -> list[str]:
                  if t != "raw" and raw.get("peak_rate") else "")
         out.append(f"**{t}, chats of {g}**: peak {_f(s.get('peak_rate'))} msgs/s "
                    f"({_f((s.get('peak_step') or {}).get('delivery_rate'))} deliveries/s){ratio}; "
-                   f"first failed step limited by {_limit(s)}.")
+                   f"first failed step: {_limit(s)}.")
     others = [x.get("other_cpu_pct") for s in r["scenarios"] for x in s.get("steps", [])
               if x.get("other_cpu_pct") is not None]
     if others:
