@@ -27,9 +27,9 @@ def _by(report: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
     return {(s["target"], s.get("group", 0)): s for s in report["scenarios"]}
 
 
-def write_report(report: dict[str, Any], out: Path, name: str) -> list[Path]:
+def write_report(report: dict[str, Any], out: Path, name: str, plots: bool = True) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    pngs = _plots(report, out, name)
+    pngs = _plots(report, out, name) if plots else []
     md = out / f"{name}.md"
     js = out / f"{name}.json"
     js.write_text(json.dumps(report, indent=1, default=str) + "\n")

@@ -44,7 +44,6 @@ def test_raw_server_delivers_every_message(tmp_path: Path, group: int) -> None:
 
 def test_report_renders_without_beseda(tmp_path: Path) -> None:
     """A report from a fake result: sections present, missing batch metric said plainly."""
-    pytest.importorskip("matplotlib")
     from loadtests.report import write_report
 
     step = {
@@ -71,7 +70,21 @@ def test_report_renders_without_beseda(tmp_path: Path) -> None:
                    "start_deliveries": 1000.0, "keep_ratio": 0.95, "drain_s": 2.0,
                    "p99_limit_ms": 250.0, "latency_s": 4.0, "workers": 2},
     }
-    paths = write_report(report, tmp_path, "t")
+    paths = write_report(report, tmp_path, "t", plots=False)
     md = (tmp_path / "t.md").read_text()
     assert "not exposed" in md and "Ratios to the raw ceiling" in md
-    assert all(p.exists() for p in paths) and len(paths) == 5
+    assert "| beseda | 100 | 100 | 1.00× |" in md
+    assert [p.name for p in paths] == ["t.md", "t.json"]
+
+
+def test_report_plots(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from loadtests.report import write_report
+
+    test_report_renders_without_beseda(tmp_path)
+    import json
+
+    report = json.loads((tmp_path / "t.json").read_text())
+    paths = write_report(report, tmp_path, "p")
+    assert [p.suffix for p in paths] == [".md", ".json", ".png", ".png", ".png"]
+    assert all(p.stat().st_size > 1000 for p in paths[2:])
