@@ -133,7 +133,9 @@ def _markdown(r: dict[str, Any], name: str, pngs: list[Path]) -> str:
               f"{_f(s.get('rss_idle_connected', 0) / 2**20, 1)} MiB with the idle sockets "
               f"(→ {_f(s.get('rss_per_connection', 0) / 1024, 1)} KiB each), "
               f"{_f(s.get('rss_end', 0) / 2**20, 1)} MiB at the end. "
-              f"Scenario wall {_f(s.get('wall_s'), 0)} s.\n")
+              f"Scenario wall {_f(s.get('wall_s'), 0)} s. Machine busy with others just "
+              f"before: {_f(s.get('background_cpu_pct'), 0, '%')} (after waiting "
+              f"{_f(s.get('waited_for_quiet_s'), 0)} s for it to drop).\n")
         if s.get("ramp_cut"):
             a(f"Ramp cut: {s['ramp_cut']}.\n")
         steps = list(s.get("steps", []))

@@ -59,6 +59,8 @@ class Config:
     keep_ratio: float = 0.95
     scenario_budget_s: float = 150.0
     recover_s: float = 60.0  # at most this long for an overloaded server to catch up
+    wait_quiet_s: float = 0.0  # before each scenario, wait up to this for other load to drop
+    quiet_pct: float = 40.0  # "quiet": the machine busy under this % (200% = both cores)
     profile: bool = False
     out: Path = HERE / "reports"
     name: str = "core"
@@ -108,6 +110,10 @@ class Scenario:
 
     def run(self) -> dict[str, Any]:
         cfg, r = self.cfg, self.result
+        r["background_cpu_pct"], r["waited_for_quiet_s"] = wait_quiet(cfg.wait_quiet_s,
+                                                                      cfg.quiet_pct)
+        self.log(f"background CPU {r['background_cpu_pct']:.0f}% "
+                 f"(waited {r['waited_for_quiet_s']:.0f}s for a quieter machine)")
         t0 = time.monotonic()
         self.t.start(cfg.sockets, self.group, cfg.profile)
         try:
@@ -251,6 +257,18 @@ class Scenario:
 # --------------------------------------------------------------------------- machine
 
 
+def wait_quiet(max_s: float, threshold_pct: float, sample_s: float = 2.0) -> tuple[float, float]:
+    """Sample the machine's busy CPU (nothing of ours running) until it is under
+    `threshold_pct` or `max_s` has passed; returns (last sample %, seconds waited)."""
+    t0 = time.monotonic()
+    while True:
+        b0, s0 = busy_seconds(), time.monotonic()
+        time.sleep(sample_s)
+        pct = 100.0 * (busy_seconds() - b0) / (time.monotonic() - s0)
+        if pct < threshold_pct or time.monotonic() - t0 >= max_s:
+            return pct, time.monotonic() - t0
+
+
 def busy_seconds() -> float:
     """CPU seconds all cores spent in processes (or stolen by the hypervisor) so far.
 
@@ -313,17 +331,22 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     p.add_argument("--factor", type=float, help="ramp multiplier between steps")
     p.add_argument("--p99-limit-ms", type=float, default=250.0)
     p.add_argument("--profile", action="store_true", help="run servers under py-spy record")
+    p.add_argument("--wait-quiet", type=float, default=None, metavar="S",
+                   help="before each scenario wait up to S s for the shared machine's other "
+                        "load to drop under --quiet-pct (default 60 s, --quick 0)")
+    p.add_argument("--quiet-pct", type=float, default=40.0)
     p.add_argument("--out", type=Path, default=HERE / "reports")
     p.add_argument("--name", default=None, help="report base name (default core, or core-quick)")
     a = p.parse_args(argv)
     cfg = Config(targets=[t for t in a.targets.split(",") if t],
                  groups=[int(g) for g in a.groups.split(",") if g],
                  sockets=a.sockets, workers=a.workers, p99_limit_ms=a.p99_limit_ms,
-                 profile=a.profile, out=a.out)
+                 profile=a.profile, out=a.out, wait_quiet_s=60.0, quiet_pct=a.quiet_pct)
     if a.quick:
         cfg.step_s, cfg.factor, cfg.latency_s, cfg.drain_s = 2.0, 2.0, 4.0, 2.0
         cfg.scenario_budget_s = 60.0
         cfg.recover_s = 30.0
+        cfg.wait_quiet_s = 0.0
         cfg.name = "core-quick"
     if a.step_s:
         cfg.step_s = a.step_s
@@ -333,6 +356,8 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         cfg.factor = a.factor
     if a.name:
         cfg.name = a.name
+    if a.wait_quiet is not None:
+        cfg.wait_quiet_s = a.wait_quiet
     for t in cfg.targets:
         if t not in TARGETS:
             p.error(f"unknown target {t!r}; known: {', '.join(TARGETS)}")
