@@ -163,8 +163,10 @@ class World:
     def token(self, uid: int, role: str = "buyer", **kw: Any) -> str:
         return mint(self.settings, uid, role, **kw)
 
-    async def connect(self, uid: int, role: str = "buyer", **kw: Any) -> WsClient:
-        client = await WsClient.connect(self.ws_url, self.token(uid, role), **kw)
+    async def connect(
+        self, uid: int, role: str = "buyer", *, ttl_s: float = 3600, **kw: Any
+    ) -> WsClient:
+        client = await WsClient.connect(self.ws_url, self.token(uid, role, ttl_s=ttl_s), **kw)
         self.clients.append(client)
         return client
 

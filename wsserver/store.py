@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,6 +19,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from . import metrics
 from .errors import BadRequest, BesedaError, Conflict, Forbidden, NotFound, Unavailable
 from .protocol import messages as m
 
@@ -28,10 +30,11 @@ _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
 
 
 def iso(dt: datetime | None) -> str | None:
-    """ISO 8601 UTC with microseconds, as the contract wants."""
+    """ISO 8601 UTC with microseconds, as the contract wants (asyncpg hands out
+    timestamptz values in UTC)."""
     if dt is None:
         return None
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return dt.isoformat(timespec="microseconds")[:26] + "Z"
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -51,6 +54,20 @@ def is_unavailable(exc: BaseException) -> bool:
         state = getattr(exc, "sqlstate", "") or ""
         return state[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
     return False
+
+
+def db_error_kind(exc: BaseException, acquired: bool) -> str:
+    """A bounded label for `beseda_db_errors_total` (docs/ops.md lists the values)."""
+    if not acquired and isinstance(exc, asyncio.TimeoutError):
+        return "acquire_timeout"
+    if isinstance(exc, (asyncpg.QueryCanceledError, asyncio.TimeoutError)):
+        return "statement_timeout"
+    if isinstance(exc, (OSError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+                        asyncpg.TooManyConnectionsError)):
+        return "connection"
+    if is_unavailable(exc):
+        return "unavailable"
+    return "query"
 
 
 MSG_COLS = (
@@ -253,23 +270,71 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection; database trouble becomes `Unavailable`."""
+        """A pooled connection; database trouble becomes `Unavailable`.
+
+        Counts waiters and acquire time (pool saturation) and every database error
+        that leaves the block, by kind."""
+        acquired = False
+        started = time.perf_counter()
+        metrics.DB_POOL_WAITING.inc()
         try:
             async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+                acquired = True
+                metrics.DB_POOL_WAITING.dec()
+                metrics.DB_POOL_ACQUIRE_SECONDS.observe(time.perf_counter() - started)
                 yield conn
         except BesedaError:
             raise
         except Exception as exc:
+            metrics.DB_ERRORS.labels(kind=db_error_kind(exc, acquired)).inc()
             if is_unavailable(exc):
                 raise Unavailable("storage unavailable: retry with the same message_key") from exc
             raise
+        finally:
+            if not acquired:
+                metrics.DB_POOL_WAITING.dec()
 
     # -- sends -----------------------------------------------------------------
 
-    async def write_sends(self, rows: Sequence[SendRow]) -> list[SendResult]:
+    async def write_sends(
+        self, rows: Sequence[SendRow], conn: asyncpg.Connection | None = None
+    ) -> list[SendResult]:
         """Stores a batch in one statement; each row gets its own result."""
+        if conn is not None:
+            try:
+                return await self._write_sends(conn, list(range(len(rows))), rows)
+            except BesedaError:
+                raise
+            except Exception as exc:
+                metrics.DB_ERRORS.labels(kind=db_error_kind(exc, True)).inc()
+                if is_unavailable(exc):
+                    raise Unavailable("storage unavailable: retry with the same message_key") from exc
+                raise
         async with self.connection() as conn:
             return await self._write_sends(conn, list(range(len(rows))), rows)
+
+    async def lease(self) -> asyncpg.Connection:
+        """A connection kept by a long-lived worker (a writer lane); give it back
+        with `release`. Counted with the pool metrics like `connection`."""
+        started = time.perf_counter()
+        metrics.DB_POOL_WAITING.inc()
+        try:
+            conn = await self.pool.acquire(timeout=self.acquire_timeout_s)
+        except Exception as exc:
+            metrics.DB_ERRORS.labels(kind=db_error_kind(exc, False)).inc()
+            if is_unavailable(exc):
+                raise Unavailable("storage unavailable: retry with the same message_key") from exc
+            raise
+        finally:
+            metrics.DB_POOL_WAITING.dec()
+        metrics.DB_POOL_ACQUIRE_SECONDS.observe(time.perf_counter() - started)
+        return conn
+
+    async def release(self, conn: asyncpg.Connection) -> None:
+        try:
+            await self.pool.release(conn, timeout=5)
+        except Exception:
+            conn.terminate()
 
     async def _write_sends(
         self, conn: asyncpg.Connection, idxs: list[int], rows: Sequence[SendRow]

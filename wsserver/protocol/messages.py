@@ -203,3 +203,16 @@ def error_frame(request_id: str | None, body: dict[str, Any]) -> bytes:
         _encoder.encode(request_id),
         _encoder.encode(body),
     )
+
+
+def message_frames(
+    msg: MessageOut, request_id: str | None, duplicate: bool
+) -> tuple[bytes, bytes]:
+    """The sender's ack and everyone else's chat.message.new, the message encoded once."""
+    body = _encoder.encode(msg)
+    tail = b',"duplicate":true}}' if duplicate else b',"duplicate":false}}'
+    if request_id is None:
+        ack = b'{"type":"ack","data":' + body[:-1] + tail
+    else:
+        ack = b'{"type":"ack","id":' + _encoder.encode(request_id) + b',"data":' + body[:-1] + tail
+    return ack, b'{"type":"chat.message.new","data":' + body + b"}"
