@@ -70,6 +70,13 @@ class Settings:
     compression: bool = True
     default_lang: str = "ru"
     drain_timeout_s: float = 10.0
+
+    # scale-out (REDIS_URL set): docs/scale.md
+    redis_cluster: bool = False
+    redis_heartbeat_s: float = 1.0
+    redis_node_ttl_s: float = 5.0
+    order_hold_s: float = 0.15
+    order_lookback_s: float = 3.0
     log_level: str = "INFO"
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -113,6 +120,11 @@ class Settings:
             compression=_env_bool("BESEDA_COMPRESSION", True),
             default_lang=e("BESEDA_DEFAULT_LANG", "ru"),
             drain_timeout_s=_env_float("BESEDA_DRAIN_TIMEOUT_S", 10.0),
+            redis_cluster=_env_bool("BESEDA_REDIS_CLUSTER", False),
+            redis_heartbeat_s=_env_float("BESEDA_REDIS_HEARTBEAT_S", 1.0),
+            redis_node_ttl_s=_env_float("BESEDA_REDIS_NODE_TTL_S", 5.0),
+            order_hold_s=_env_float("BESEDA_ORDER_HOLD_S", 0.15),
+            order_lookback_s=_env_float("BESEDA_ORDER_LOOKBACK_S", 3.0),
             log_level=e("BESEDA_LOG_LEVEL", "INFO"),
         )
 
