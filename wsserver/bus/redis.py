@@ -110,13 +110,14 @@ class _Out:
     renew: bool = False
 
 
-def make_client(url: str, cluster: bool) -> Any:
-    """One client for commands; errors surface at once (no silent retries), so the
-    bus sees every outage and can recover the sockets that missed events."""
+def make_client(url: str, cluster: bool, retries: int = 1) -> Any:
+    """A client whose errors surface fast. Commands get one retry on a fresh
+    connection (a pooled one may have died with a Redis restart); the subscriber
+    gets none, so every lost subscription is seen and recovered (docs/scale.md)."""
     kwargs: dict[str, Any] = {
         "socket_connect_timeout": 1.0,
         "socket_timeout": 2.0,
-        "retry": Retry(NoBackoff(), 0),
+        "retry": Retry(NoBackoff(), retries),
         "health_check_interval": 0,
     }
     if cluster or url.startswith("redis+cluster://"):
@@ -148,6 +149,7 @@ class RedisBus:
         self.cluster = s.redis_cluster
         self.on_message: MessageHook | None = None
         self.redis: Any = None
+        self.redis_ps: Any = None
         self.sequencer = Sequencer(
             self._fill, self._emit, self._resync_user,
             hold_s=s.order_hold_s, lookback_s=s.order_lookback_s,
@@ -179,11 +181,13 @@ class RedisBus:
         self._tasks: list[asyncio.Task[None]] = []
         self._hb_script: Any = None
         self.restores = 0
+        self.catch_ups = 0
 
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
         self.redis = make_client(self.url, self.cluster)
+        self.redis_ps = make_client(self.url, self.cluster, retries=0)
         self._hb_script = self.redis.register_script(_HEARTBEAT_LUA)
         await self.relay.start()
         try:
@@ -220,8 +224,9 @@ class RedisBus:
         if self._up:
             with contextlib.suppress(*_REDIS_ERRORS):
                 await asyncio.wait_for(self._deregister_node(), timeout=3.0)
-        with contextlib.suppress(Exception):
-            await self.redis.aclose()
+        for client in (self.redis, self.redis_ps):
+            with contextlib.suppress(Exception):
+                await client.aclose()
         metrics.BUS_UP.set(0)
 
     async def _deregister_node(self) -> None:
@@ -416,7 +421,7 @@ class RedisBus:
     async def _listen(self) -> None:
         backoff = 0.05
         while not self._stopping:
-            ps = self.redis.pubsub(ignore_subscribe_messages=True)
+            ps = self.redis_ps.pubsub(ignore_subscribe_messages=True)
             try:
                 chats = set(self.registry.by_chat)
                 await ps.ssubscribe(channel_node(self.node_id), *(channel_chat(c) for c in chats))
@@ -591,27 +596,31 @@ class RedisBus:
         while True:
             await asyncio.sleep(self.heartbeat_s)
             try:
-                await self._heartbeat_once()
+                await self._tick()
+            except asyncio.CancelledError:
+                raise
             except _REDIS_ERRORS as exc:
                 if not self._stopping:
                     log.debug("bus.heartbeat_failed node=%s err=%s", self.node_id, type(exc).__name__)
                     self._link_down()
-                continue
-            if self._lost_at is not None:
-                if self._ps_epoch <= self._lost_epoch:
-                    self._ps_recycle = True  # resubscribe on a fresh connection
-                    continue
-                await self._restore()
-            else:
-                self._up = True
-                metrics.BUS_UP.set(1)
-                try:
-                    await self._sync_chat_subs()
-                except _REDIS_ERRORS:
-                    self._link_down()
-            self._sweep_leaked_attaches()
-            if self._unregister:
-                self._pub_wakeup.set()
+            except Exception:
+                log.exception("bus.heartbeat_crashed node=%s", self.node_id)
+                self._link_down()
+
+    async def _tick(self) -> None:
+        await self._heartbeat_once()
+        if self._lost_at is not None:
+            if self._ps_epoch <= self._lost_epoch:
+                self._ps_recycle = True  # resubscribe on a fresh connection first
+                return
+            await self._restore()
+        else:
+            self._up = True
+            metrics.BUS_UP.set(1)
+            await self._sync_chat_subs()
+        self._sweep_leaked_attaches()
+        if self._unregister:
+            self._pub_wakeup.set()
 
     async def _restore(self) -> None:
         """Redis is back: register every local user again, tell other nodes whom our
@@ -654,6 +663,7 @@ class RedisBus:
         if users is None:
             local = list(self._local)
             if not local:
+                self.catch_ups += 1
                 return
             try:
                 users = await fill.users_with_changes(self.store, local, window_s)
@@ -666,6 +676,7 @@ class RedisBus:
                 metrics.BUS_RESYNC_CLOSES.inc()
                 s.close(CloseCode.SERVICE_RESTART, "missed events, resync")
                 n += 1
+        self.catch_ups += 1
         if n:
             log.info("bus.resync_closed node=%s sockets=%d", self.node_id, n)
 
