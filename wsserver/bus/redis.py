@@ -578,7 +578,8 @@ class RedisBus:
         )
         self._last_ok = time.monotonic()
         live_set = {n.decode() for n in live}
-        self.dead |= {n for n in self.live if n not in live_set}
+        # Only an expired heartbeat makes a node dead: one missing from the set may
+        # just not have heartbeated since a Redis restart.
         self.dead |= {n.decode() for n in expired}
         self.dead -= live_set
         self.live = live_set
