@@ -653,10 +653,10 @@ class RedisBus:
         self._missed.clear()
         self._missed_all = False
         self._lost_at = None
-        self.restores += 1
         metrics.BUS_UP.set(1)
         log.warning("bus.redis_restored node=%s window_s=%.1f users=%d", self.node_id, window_s, len(items))
         await self._catch_up(None, window_s)
+        self.restores += 1
 
     async def _catch_up(self, users: list[int] | None, window_s: float) -> None:
         """Closes (1012) local sockets of users who may have missed events: those
