@@ -194,6 +194,8 @@ def serve_factory(
             BESEDA_REDIS_NODE_TTL_S="1.5",
             BESEDA_ORDER_HOLD_S="0.1",
             BESEDA_LOG_LEVEL="INFO",
+            BESEDA_RATE_PER_S="1000",
+            BESEDA_RATE_BURST="1000",
         )
         env.update(env_overrides)
         p = ServeProcess(env, free_port(), free_port(), tmp_path / f"serve-{len(procs)}.log")

@@ -17,23 +17,45 @@ async def wait_for(predicate, timeout: float = 15.0, step: float = 0.05) -> None
 
 
 class View:
-    """What one user's client holds of a chat: live events plus chats.sync pages."""
+    """What one user's client holds of a chat: live events plus chats.sync pages.
+
+    Each socket's live stream must be strictly increasing in seq (order, no
+    duplicate); sync pages must not repeat themselves. A message may arrive both
+    live on a new socket and in the sync that follows its connect (committed after
+    the 101): the client keeps it once, by seq, as any client must."""
 
     def __init__(self, chat: int) -> None:
         self.chat = chat
-        self.seqs: list[int] = []
         self.rev = 0
+        self.have: dict[int, int] = {}
+        self.streams: dict[object, list[int]] = {}
+        self.synced: list[int] = []
+        self.marks: list = []
 
-    def take(self, events: list[dict]) -> None:
+    def take(self, events: list[dict], stream: object = None) -> None:
         for e in events:
-            if e["type"] == "chat.message.new" and e["data"]["chat_id"] == self.chat:
-                self.seqs.append(e["data"]["seq"])
-                self.rev = max(self.rev, e["data"]["rev"])
+            if e["type"] != "chat.message.new" or e["data"]["chat_id"] != self.chat:
+                continue
+            seq, mid = e["data"]["seq"], e["data"]["id"]
+            if stream is not None:
+                got = self.streams.setdefault(stream, [])
+                assert not got or seq > got[-1], f"socket saw {seq} after {got[-1]}"
+                got.append(seq)
+            assert self.have.setdefault(seq, mid) == mid
+            self.rev = max(self.rev, e["data"]["rev"])
+
+    @property
+    def seqs(self) -> list[int]:
+        return sorted(self.have)
 
     async def sync(self, ws: WsClient) -> None:
         while True:
             ack = await ws.ok("chats.sync", {"chats": [{"chat_id": self.chat, "rev": self.rev}]})
             entry = ack["chats"][0]
+            for change in entry["changes"]:
+                if change["type"] == "chat.message.new":
+                    assert change["data"]["seq"] not in self.synced
+                    self.synced.append(change["data"]["seq"])
             self.take(entry["changes"])
             if not entry["has_more"]:
                 break
@@ -68,7 +90,7 @@ async def test_redis_restart_resumes_cross_node_delivery_and_resyncs_missed(clus
     view = View(chat)
 
     await wa.ok("message.send", send_data(chat, "m1", "one"))
-    view.take([await wb.event("chat.message.new")])
+    view.take([await wb.event("chat.message.new")], wb)
 
     await asyncio.to_thread(cluster.redis.stop)
     await wait_for(lambda: not n1.bus._up and not n2.bus._up)
@@ -84,7 +106,7 @@ async def test_redis_restart_resumes_cross_node_delivery_and_resyncs_missed(clus
     # tell that A missed nothing, so A may be told too: it reconnects the same way.)
     code = await wb.wait_closed(timeout=10)
     assert code == 1012
-    view.take(wb.drain_events())
+    view.take(wb.drain_events(), wb)
     wb = await reconnect(cluster, 1, b, view)
     assert view.seqs == [1, 2, 3, 4, 5, 6]
     if wa.closed.is_set():
@@ -99,11 +121,11 @@ async def test_redis_restart_resumes_cross_node_delivery_and_resyncs_missed(clus
         except TimeoutError:
             # only acceptable when a second resync notice closed B meanwhile
             assert wb.closed.is_set() and wb.ws.close_code == 1012
-            view.take(wb.drain_events())
+            view.take(wb.drain_events(), wb)
             wb = await reconnect(cluster, 1, b, view)
             continue
         assert ev["data"]["id"] == ack["id"]
-        view.take([ev])
+        view.take([ev], wb)
         live += 1
     assert live >= 3
     assert view.seqs == list(range(1, 11))
