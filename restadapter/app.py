@@ -20,9 +20,8 @@ def build_app(node: "Node") -> Starlette:
         return JSONResponse({"status": "ok"})
 
     async def readyz(_request: Request) -> Response:
-        checks: dict[str, Any] = {"database": await node.database_ready(), "bus": await node.bus.ready()}
-        ready = all(checks.values()) and node.server.accepting
-        checks["accepting"] = node.server.accepting
+        checks: dict[str, Any] = await node.readiness()
+        ready = all(checks.values())
         return JSONResponse(
             {"status": "ready" if ready else "not_ready", "checks": checks},
             status_code=200 if ready else 503,

@@ -163,8 +163,10 @@ class World:
     def token(self, uid: int, role: str = "buyer", **kw: Any) -> str:
         return mint(self.settings, uid, role, **kw)
 
-    async def connect(self, uid: int, role: str = "buyer", **kw: Any) -> WsClient:
-        client = await WsClient.connect(self.ws_url, self.token(uid, role), **kw)
+    async def connect(
+        self, uid: int, role: str = "buyer", *, ttl_s: float = 3600, **kw: Any
+    ) -> WsClient:
+        client = await WsClient.connect(self.ws_url, self.token(uid, role, ttl_s=ttl_s), **kw)
         self.clients.append(client)
         return client
 
@@ -182,3 +184,81 @@ class World:
 
 def send_data(chat_id: int, key: str, text: str, **extra: Any) -> dict[str, Any]:
     return {"chat_id": chat_id, "message_key": key, "type": "text", "text": text, **extra}
+
+
+class ServerProcess:
+    """`beseda serve` as a real subprocess on free 127.0.0.1 ports."""
+
+    def __init__(self, dsn: str, settings: Settings, env: dict[str, str] | None = None) -> None:
+        import os
+
+        from wsserver.embedded_pg import free_port
+
+        self.ws_port = free_port()
+        self.http_port = free_port()
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": dsn,
+            "BESEDA_JWT_SECRET": settings.jwt_secret or "",
+            "BESEDA_DATA_DIR": str(settings.data_dir),
+            "BESEDA_COMPRESSION": "0",
+            **(env or {}),
+        }
+        self.proc: asyncio.subprocess.Process | None = None
+        self.log_lines: list[str] = []
+        self._pump: asyncio.Task[None] | None = None
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}/ws"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def start(self, timeout: float = 60) -> "ServerProcess":
+        import sys
+
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "wsserver.cli", "serve",
+            "--host", "127.0.0.1", "--ws-port", str(self.ws_port),
+            "--http-port", str(self.http_port),
+            env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        ready = asyncio.Event()
+        self._pump = asyncio.get_running_loop().create_task(self._read(ready))
+        await asyncio.wait_for(ready.wait(), timeout)
+        if self.proc.returncode is not None:
+            raise RuntimeError("server exited:\n" + "\n".join(self.log_lines[-30:]))
+        return self
+
+    async def _read(self, ready: asyncio.Event) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip()
+            self.log_lines.append(line)
+            if line.startswith("beseda: ws://"):
+                ready.set()
+        ready.set()
+
+    async def stop(self, sig: int | None = None, timeout: float = 30) -> int | None:
+        import signal
+
+        if self.proc is None or self.proc.returncode is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(sig if sig is not None else signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout)
+        except asyncio.TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+        if self._pump is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(self._pump, 5)
+        return self.proc.returncode
+
+    async def kill(self) -> None:
+        import signal
+
+        await self.stop(signal.SIGKILL)

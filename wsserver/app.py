@@ -10,11 +10,12 @@ import logging
 import socket
 import uuid
 from collections.abc import Generator
+from typing import Any
 
 import asyncpg
 import uvicorn
 
-from . import db, metrics
+from . import __version__, db, metrics
 from .auth import TokenVerifier
 from .bus.base import Bus
 from .bus.memory import MemoryBus
@@ -55,10 +56,17 @@ class Node:
             applied = await db.migrate(self.dsn)
             if applied:
                 log.info("migrate.done applied=%s", ",".join(applied))
+        # Each writer lane keeps one connection; reads need at least two more.
+        pool_max = max(s.db_pool_max, s.writer_lanes + 2)
+        if pool_max != s.db_pool_max:
+            log.warning(
+                "db.pool_raised max=%d lanes=%d (BESEDA_DB_POOL_MAX too small)",
+                pool_max, s.writer_lanes,
+            )
         self.pool = await asyncpg.create_pool(
             self.dsn,
-            min_size=min(s.db_pool_min, s.db_pool_max),
-            max_size=s.db_pool_max,
+            min_size=min(s.db_pool_min, pool_max),
+            max_size=pool_max,
             max_inactive_connection_lifetime=60,
             init=Store.connection_init(),
             **db.connect_kwargs(s),
@@ -122,13 +130,44 @@ class Node:
         except Exception:
             return False
 
+    async def readiness(self) -> dict[str, bool]:
+        """Database and bus reachable (each check bounded by ready_timeout_s), and
+        the node accepting connections; sets `beseda_dependency_up`."""
+        timeout = self.settings.ready_timeout_s
+
+        async def bounded(check: Any) -> bool:
+            try:
+                return bool(await asyncio.wait_for(check, timeout))
+            except Exception:
+                return False
+
+        database, bus = await asyncio.gather(
+            bounded(self.database_ready()), bounded(self.bus.ready())
+        )
+        metrics.DEPENDENCY_UP.labels(dependency="database").set(1 if database else 0)
+        metrics.DEPENDENCY_UP.labels(dependency="bus").set(1 if bus else 0)
+        return {"database": database, "bus": bus, "accepting": self.server.accepting}
+
     def refresh_gauges(self) -> None:
+        """Gauges read at scrape time rather than kept on the hot path."""
+        metrics.BUILD_INFO.labels(version=__version__).set(1)
         if self.pool is not None:
             size = self.pool.get_size()
             idle = self.pool.get_idle_size()
             metrics.DB_POOL_SIZE.labels(state="idle").set(idle)
             metrics.DB_POOL_SIZE.labels(state="busy").set(size - idle)
             metrics.DB_POOL_SIZE.labels(state="max").set(self.pool.get_max_size())
+        total = largest = 0
+        for sessions in self.registry.by_user.values():
+            for session in sessions:
+                transport = session.ws.transport
+                buffered = session.unflushed
+                if transport is not None:
+                    buffered += transport.get_write_buffer_size()
+                total += buffered
+                largest = max(largest, buffered)
+        metrics.SEND_QUEUE_BUFFERED_BYTES.set(total)
+        metrics.SEND_QUEUE_LARGEST_BYTES.set(largest)
 
     async def stop(self, timeout: float | None = None) -> None:
         """Drain: stop accepting, finish batches, close sockets with 1012, shut down."""

@@ -70,6 +70,7 @@ class Settings:
     compression: bool = True
     default_lang: str = "ru"
     drain_timeout_s: float = 10.0
+    ready_timeout_s: float = 2.0
 
     # scale-out (REDIS_URL set): docs/scale.md
     redis_cluster: bool = False
@@ -111,6 +112,8 @@ class Settings:
             max_pending_requests=_env_int("BESEDA_MAX_PENDING_REQUESTS", 256),
             rate_per_s=_env_float("BESEDA_RATE_PER_S", 50.0),
             rate_burst=_env_int("BESEDA_RATE_BURST", 200),
+            rate_violations_before_close=_env_int("BESEDA_RATE_VIOLATIONS_BEFORE_CLOSE", 20),
+            bad_frames_before_close=_env_int("BESEDA_BAD_FRAMES_BEFORE_CLOSE", 50),
             typing_ttl_s=_env_float("BESEDA_TYPING_TTL_S", 5.0),
             ping_interval_s=_env_float("BESEDA_PING_INTERVAL_S", 20.0),
             ping_timeout_s=_env_float("BESEDA_PING_TIMEOUT_S", 20.0),
@@ -120,6 +123,7 @@ class Settings:
             compression=_env_bool("BESEDA_COMPRESSION", True),
             default_lang=e("BESEDA_DEFAULT_LANG", "ru"),
             drain_timeout_s=_env_float("BESEDA_DRAIN_TIMEOUT_S", 10.0),
+            ready_timeout_s=_env_float("BESEDA_READY_TIMEOUT_S", 2.0),
             redis_cluster=_env_bool("BESEDA_REDIS_CLUSTER", False),
             redis_heartbeat_s=_env_float("BESEDA_REDIS_HEARTBEAT_S", 1.0),
             redis_node_ttl_s=_env_float("BESEDA_REDIS_NODE_TTL_S", 5.0),

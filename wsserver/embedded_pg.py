@@ -37,7 +37,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a listener could bind it (PostgreSQL sets SO_REUSEADDR, so ports with
+    connections in TIME_WAIT still count as free)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

@@ -13,10 +13,20 @@ import time
 
 _TOKEN_QUERY = re.compile(r"(token=)[^&\s]+", re.IGNORECASE)
 _BEARER = re.compile(r"(bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+# Any JWT-shaped run (base64url header.payload.signature), wherever it turns up.
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+
+
+def field(text: str, limit: int = 120) -> str:
+    """A free-text value made safe for one key=value field: no spaces or line
+    breaks, cut to `limit` characters. Only for our own fixed texts, never user text."""
+    return "_".join(text.split())[:limit]
 
 
 def redact(text: str) -> str:
-    return _BEARER.sub(r"\1[redacted]", _TOKEN_QUERY.sub(r"\1[redacted]", text))
+    text = _TOKEN_QUERY.sub(r"\1[redacted]", text)
+    text = _BEARER.sub(r"\1[redacted]", text)
+    return _JWT.sub("[redacted]", text)
 
 
 class _Formatter(logging.Formatter):

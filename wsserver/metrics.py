@@ -1,6 +1,8 @@
-"""Prometheus metrics: one namespace (`beseda`), unit suffixes, bounded labels only.
+"""Prometheus metrics: one namespace (`beseda`), a subsystem, unit suffixes.
 
-No label ever carries a user, chat or connection id.
+Labels take only the bounded values listed beside each metric (docs/ops.md); no label
+ever carries a user, chat or connection id. One process per node, so the default
+registry is enough (no multiprocess mode; docs/ops.md says why).
 """
 
 from __future__ import annotations
@@ -12,15 +14,44 @@ _LATENCY_BUCKETS = (
 )
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
+# Bounded label values, named here so tests and docs can check them.
+HANDSHAKE_OUTCOMES = (
+    "ok", "unauthorized", "limited", "not_found", "draining", "timeout", "failed",
+)
+REJECTION_REASONS = (
+    "auth", "rate", "size", "policy", "invalid", "pending",
+    "connections_user", "connections_ip",
+)
+
+BUILD_INFO = Gauge("beseda_build_info", "Always 1; the running version", ["version"])
+
+# -- connections ----------------------------------------------------------------------
+
 CONNECTIONS_OPEN = Gauge("beseda_connections_open", "WebSocket connections open now")
 HANDSHAKES = Counter(
     "beseda_handshakes_total", "WebSocket handshakes by outcome", ["outcome"]
 )
-CLOSES = Counter("beseda_connection_closes_total", "Connections closed, by close code", ["code"])
+CLOSES = Counter(
+    "beseda_connection_closes_total",
+    "Connections closed, by the close code the side that closed first sent",
+    ["code"],
+)
+PING_TIMEOUTS = Counter(
+    "beseda_ping_timeouts_total", "Connections closed because a keepalive pong never came"
+)
+
+# -- requests and events ----------------------------------------------------------------
+
 REQUESTS = Counter(
     "beseda_requests_total", "Client requests by type and result", ["type", "result"]
 )
 EVENTS_SENT = Counter("beseda_events_sent_total", "Frames pushed to sockets, by kind", ["kind"])
+REJECTIONS = Counter(
+    "beseda_rejections_total", "Requests or connections refused, by reason", ["reason"]
+)
+
+# -- latency of a message ------------------------------------------------------------------
+
 SEND_TO_COMMIT = Histogram(
     "beseda_send_to_commit_seconds",
     "From a message.send frame read to its batch committed",
@@ -36,6 +67,9 @@ COMMIT_TO_DELIVERY = Histogram(
     "From a batch commit to the event written to local sockets",
     buckets=_LATENCY_BUCKETS,
 )
+
+# -- batch writer --------------------------------------------------------------------------
+
 WRITER_BATCH_SIZE = Histogram(
     "beseda_writer_batch_size", "Messages per writer batch", buckets=_BATCH_BUCKETS
 )
@@ -43,19 +77,44 @@ WRITER_BATCH_SECONDS = Histogram(
     "beseda_writer_batch_seconds", "Time of one writer batch round trip", buckets=_LATENCY_BUCKETS
 )
 WRITER_QUEUE = Gauge("beseda_writer_queue_depth", "Sends waiting for the writer")
+
+# -- database --------------------------------------------------------------------------------
+
 DB_ERRORS = Counter("beseda_db_errors_total", "Database errors by kind", ["kind"])
-DB_POOL_SIZE = Gauge("beseda_db_pool_connections", "Database pool connections", ["state"])
+DB_POOL_SIZE = Gauge(
+    "beseda_db_pool_connections", "Database pool connections by state (idle, busy, max)",
+    ["state"],
+)
+DB_POOL_WAITING = Gauge(
+    "beseda_db_pool_waiting", "Tasks waiting now to acquire a pool connection"
+)
+DB_POOL_ACQUIRE_SECONDS = Histogram(
+    "beseda_db_pool_acquire_seconds",
+    "Time to acquire a pool connection (successful acquires)",
+    buckets=_LATENCY_BUCKETS,
+)
+DEPENDENCY_UP = Gauge(
+    "beseda_dependency_up",
+    "1 when the last readiness check reached the dependency, else 0",
+    ["dependency"],
+)
+
+# -- send queues -------------------------------------------------------------------------------
+
 SLOW_CONSUMER_CLOSES = Counter(
     "beseda_slow_consumer_closes_total", "Connections closed because their send queue filled"
 )
-SEND_QUEUE_BYTES = Histogram(
-    "beseda_send_queue_bytes",
-    "Write buffer size of a socket when an event is queued",
-    buckets=(0, 1024, 8192, 65536, 262144, 1048576, 4194304),
+# Read at scrape time from every socket rather than observed per event: the push
+# path is the hottest code there is.
+SEND_QUEUE_BUFFERED_BYTES = Gauge(
+    "beseda_send_queue_buffered_bytes", "Bytes waiting in all sockets' send queues now"
 )
-REJECTIONS = Counter(
-    "beseda_rejections_total", "Requests or connections refused, by reason", ["reason"]
+SEND_QUEUE_LARGEST_BYTES = Gauge(
+    "beseda_send_queue_largest_bytes", "Bytes waiting in the fullest socket's send queue now"
 )
+
+# -- bus ---------------------------------------------------------------------------------------
+
 BUS_PUBLISH_SECONDS = Histogram(
     "beseda_bus_publish_seconds", "Bus publish latency", buckets=_LATENCY_BUCKETS
 )
@@ -73,3 +132,23 @@ BUS_RESYNC_CLOSES = Counter(
     "Sockets closed with 1012 because they may have missed cross-node events",
 )
 BUS_UP = Gauge("beseda_bus_up", "1 while the node reaches Redis, else 0")
+
+# -- translation (set by the translation worker) -----------------------------------------------
+
+TRANSLATION_QUEUE_DEPTH = Gauge(
+    "beseda_translation_queue_depth", "Translation jobs waiting to run"
+)
+TRANSLATION_OLDEST_AGE_SECONDS = Gauge(
+    "beseda_translation_oldest_job_age_seconds",
+    "Age of the oldest waiting translation job (0 when none waits)",
+)
+
+_request_children: dict[tuple[str, str], Counter] = {}
+
+
+def count_request(kind: str, result: str) -> None:
+    """REQUESTS by (type, result), with the labelled child cached (hot path)."""
+    child = _request_children.get((kind, result))
+    if child is None:
+        child = _request_children[(kind, result)] = REQUESTS.labels(type=kind, result=result)
+    child.inc()

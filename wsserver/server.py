@@ -8,6 +8,7 @@ store. Events go out through the bus, which reaches sockets on every node.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http
 import logging
 import time
@@ -27,18 +28,27 @@ from .auth import Identity, TokenVerifier
 from .bus.base import Bus
 from .config import Settings
 from .errors import BesedaError, CloseCode, Internal, NotFound, RateLimited, Unauthorized
+from .limits import (
+    ConnectionLimiter,
+    TrackedConnection,
+    close_origin,
+    count_close,
+    peer_ip,
+)
+from .logs import field
 from .presence import MemoryPresence
 from .protocol import messages as m
 from .protocol.codec import Limits, decode_request, peek_id
 from .receipts import DeliveryTracker
 from .registry import Registry
 from .session import Session
-from .store import SendResult, SendRow, Store, send_ack
+from .store import SendResult, SendRow, Store
 from .writer import BatchWriter, PendingSend
 
 log = logging.getLogger(__name__)
 
 MEMBERSHIP_TTL_S = 30.0
+CLOSE_WAIT_S = 10.0  # past websockets' close_timeout (5 s)
 
 
 def bearer_token(request: Request) -> str | None:
@@ -84,6 +94,7 @@ class ChatServer:
         self.presence = MemoryPresence(settings.typing_ttl_s, self._typing_lapsed)
         self.receipts = DeliveryTracker(store, bus)
         bus.on_message = self.receipts.note
+        self.limiter = ConnectionLimiter(settings.max_connections_per_ip)
         self._server: WsServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.accepting = True
@@ -133,6 +144,7 @@ class ChatServer:
             open_timeout=s.handshake_timeout_s,
             server_header=None,
             reuse_port=False,
+            create_connection=TrackedConnection,
         )
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
@@ -165,12 +177,15 @@ class ChatServer:
     ) -> Response | None:
         path = urlsplit(request.path).path
         if path != "/ws":
-            metrics.HANDSHAKES.labels(outcome="not_found").inc()
             return _json_response(http.HTTPStatus.NOT_FOUND, "not_found", "no such endpoint")
         if not self.accepting:
-            metrics.HANDSHAKES.labels(outcome="draining").inc()
             return _json_response(
                 http.HTTPStatus.SERVICE_UNAVAILABLE, "unavailable", "node is draining"
+            )
+        ip = peer_ip(conn)
+        if self.limiter.ip_full(ip):
+            return self._refuse_limited(
+                conn, "connections_ip", "too many connections from this address"
             )
         token = bearer_token(request)
         try:
@@ -178,16 +193,13 @@ class ChatServer:
                 raise Unauthorized("missing token")
             identity = self.verifier.verify(token)
         except Unauthorized as exc:
-            metrics.HANDSHAKES.labels(outcome="unauthorized").inc()
             metrics.REJECTIONS.labels(reason="auth").inc()
-            log.info("conn.refused reason=%s", exc.message)
+            log.info(
+                "conn.refused hs=%s reason=%s", conn.id.hex[:12], field(exc.message)
+            )
             return _json_response(http.HTTPStatus.UNAUTHORIZED, "unauthorized", exc.message)
         if self.registry.connections_of(identity.user_id) >= self.settings.max_connections_per_user:
-            metrics.HANDSHAKES.labels(outcome="limited").inc()
-            metrics.REJECTIONS.labels(reason="connections").inc()
-            return _json_response(
-                http.HTTPStatus.TOO_MANY_REQUESTS, "rate_limited", "too many connections"
-            )
+            return self._refuse_limited(conn, "connections_user", "too many connections")
         # Routed to this node before the 101: anything committed after it reaches us.
         await self.bus.attach(identity.user_id)
         if not self.accepting:
@@ -196,7 +208,14 @@ class ChatServer:
                 http.HTTPStatus.SERVICE_UNAVAILABLE, "unavailable", "node is draining"
             )
         conn.identity = identity  # type: ignore[attr-defined]
+        conn.peer_ip = ip  # type: ignore[attr-defined]
         return None
+
+    def _refuse_limited(self, conn: ServerConnection, reason: str, message: str) -> Response:
+        """A connection limit answers HTTP 429 with a JSON error, before any upgrade."""
+        metrics.REJECTIONS.labels(reason=reason).inc()
+        log.info("conn.refused hs=%s reason=%s", conn.id.hex[:12], reason)
+        return _json_response(http.HTTPStatus.TOO_MANY_REQUESTS, "rate_limited", message)
 
     # -- connection --------------------------------------------------------------
 
@@ -204,9 +223,10 @@ class ChatServer:
         identity: Identity = ws.identity  # type: ignore[attr-defined]
         s = self.settings
         session = Session(ws, identity, self.node_id, s.send_queue_bytes, s.rate_per_s, s.rate_burst)
+        ip: str = ws.peer_ip  # type: ignore[attr-defined]
         self.registry.add(session)
+        self.limiter.opened(ip)
         self._schedule_expiry(session)
-        metrics.HANDSHAKES.labels(outcome="ok").inc()
         metrics.CONNECTIONS_OPEN.inc()
         log.info("conn.open conn=%s user=%s role=%s", session.conn_id, identity.user_id, identity.role)
         debug = log.isEnabledFor(logging.DEBUG)
@@ -223,7 +243,14 @@ class ChatServer:
         except ConnectionClosed:
             pass
         finally:
+            if session.close_task is not None:
+                # Our close code must win over the 1000 that websockets sends when
+                # the handler returns.
+                with contextlib.suppress(Exception):
+                    await session.close_task
+            self.limiter.closed(ip)
             self._disconnected(session)
+            await self._closed(session)
 
     def _disconnected(self, session: Session) -> None:
         session.closing = True
@@ -235,12 +262,20 @@ class ChatServer:
         for chat_id in list(session.typing):
             if self.presence.stop_typing(chat_id, session.user_id):
                 self._publish_typing(chat_id, session.user_id, False, None)
+
+    async def _closed(self, session: Session) -> None:
+        """Counts and logs the close once the closing handshake is over (bounded by
+        close_timeout), so a close the server started is counted with its own code."""
         ws = session.ws
-        code = ws.close_code if ws.close_code is not None else 1006
-        metrics.CLOSES.labels(code=str(code)).inc()
+        try:
+            await asyncio.wait_for(ws.wait_closed(), CLOSE_WAIT_S)
+        except asyncio.TimeoutError:
+            pass
+        code = count_close(ws)
+        by, reason = close_origin(ws)
         log.info(
-            "conn.closed conn=%s user=%s code=%s reason=%s dur_s=%.1f",
-            session.conn_id, session.user_id, code, (ws.close_reason or "")[:120],
+            "conn.closed conn=%s user=%s code=%s by=%s reason=%s dur_s=%.1f",
+            session.conn_id, session.user_id, code, by, field(reason),
             time.monotonic() - session.opened_at,
         )
 
@@ -267,7 +302,7 @@ class ChatServer:
         try:
             kind, req_id, payload = decode_request(frame, self.limits)
         except BesedaError as exc:
-            metrics.REQUESTS.labels(type="invalid", result=exc.code).inc()
+            metrics.count_request("invalid", exc.code)
             metrics.REJECTIONS.labels(reason="size" if exc.code == "too_large" else "invalid").inc()
             session.bad_frames += 1
             session.push(m.error_frame(peek_id(frame), exc.to_wire()), "error")
@@ -278,7 +313,7 @@ class ChatServer:
         if wait > 0.0:
             session.violations += 1
             metrics.REJECTIONS.labels(reason="rate").inc()
-            metrics.REQUESTS.labels(type=kind, result="rate_limited").inc()
+            metrics.count_request(kind, "rate_limited")
             if session.violations > self.settings.rate_violations_before_close:
                 session.close(CloseCode.RATE)
                 return
@@ -286,7 +321,7 @@ class ChatServer:
             return
         if session.pending >= self.settings.max_pending_requests:
             metrics.REJECTIONS.labels(reason="pending").inc()
-            metrics.REQUESTS.labels(type=kind, result="rate_limited").inc()
+            metrics.count_request(kind, "rate_limited")
             self._reply_error(
                 session, req_id, RateLimited(100, "too many requests in flight")
             )
@@ -294,7 +329,7 @@ class ChatServer:
         self._handlers[kind](session, req_id, payload)
 
     def _reply(self, session: Session, req_id: str | None, kind: str, data: Any) -> None:
-        metrics.REQUESTS.labels(type=kind, result="ok").inc()
+        metrics.count_request(kind, "ok")
         if req_id is not None:
             session.push(m.ack_frame(req_id, data), "ack")
 
@@ -317,13 +352,11 @@ class ChatServer:
         try:
             data = await work
         except BesedaError as exc:
-            metrics.REQUESTS.labels(type=kind, result=exc.code).inc()
-            if exc.code == "unavailable":
-                metrics.DB_ERRORS.labels(kind="unavailable").inc()
+            metrics.count_request(kind, exc.code)
             self._reply_error(session, req_id, exc)
         except Exception:
             log.exception("request.failed type=%s conn=%s", kind, session.conn_id)
-            metrics.REQUESTS.labels(type=kind, result="internal").inc()
+            metrics.count_request(kind, "internal")
             self._reply_error(session, req_id, Internal())
         else:
             self._reply(session, req_id, kind, data)
@@ -352,16 +385,17 @@ class ChatServer:
         session, req_id = item.context
         session.pending -= 1
         if result.error is not None:
-            metrics.REQUESTS.labels(type="message.send", result=result.error.code).inc()
+            metrics.count_request("message.send", result.error.code)
             self._reply_error(session, req_id, result.error)
             return
         msg = result.message
         assert msg is not None
-        self._reply(session, req_id, "message.send", send_ack(msg, result.duplicate))
+        ack, frame = m.message_frames(msg, req_id, result.duplicate)
+        metrics.count_request("message.send", "ok")
+        session.push(ack, "ack")
         metrics.SEND_TO_ACK.observe(time.perf_counter() - item.received_at)
         if result.duplicate:
             return
-        frame = m.event_frame("chat.message.new", msg)
         reached = self.bus.publish_users(
             result.members, frame, session.conn_id, "message", (msg.chat_id, msg.seq, msg.user_id)
         )
@@ -514,7 +548,7 @@ class ChatServer:
             if fresh.exp <= session.identity.exp:
                 raise Unauthorized("token does not extend the current one")
         except Unauthorized as exc:
-            metrics.REQUESTS.labels(type="auth.refresh", result=exc.code).inc()
+            metrics.count_request("auth.refresh", exc.code)
             metrics.REJECTIONS.labels(reason="auth").inc()
             self._reply_error(session, req_id, exc)
             return

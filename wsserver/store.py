@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,6 +19,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from . import metrics
 from .errors import BadRequest, BesedaError, Conflict, Forbidden, NotFound, Unavailable
 from .protocol import messages as m
 
@@ -28,10 +30,11 @@ _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
 
 
 def iso(dt: datetime | None) -> str | None:
-    """ISO 8601 UTC with microseconds, as the contract wants."""
+    """ISO 8601 UTC with microseconds, as the contract wants (asyncpg hands out
+    timestamptz values in UTC)."""
     if dt is None:
         return None
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return dt.isoformat(timespec="microseconds")[:26] + "Z"
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -51,6 +54,20 @@ def is_unavailable(exc: BaseException) -> bool:
         state = getattr(exc, "sqlstate", "") or ""
         return state[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
     return False
+
+
+def db_error_kind(exc: BaseException, acquired: bool) -> str:
+    """A bounded label for `beseda_db_errors_total` (docs/ops.md lists the values)."""
+    if not acquired and isinstance(exc, asyncio.TimeoutError):
+        return "acquire_timeout"
+    if isinstance(exc, (asyncpg.QueryCanceledError, asyncio.TimeoutError)):
+        return "statement_timeout"
+    if isinstance(exc, (OSError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+                        asyncpg.TooManyConnectionsError)):
+        return "connection"
+    if is_unavailable(exc):
+        return "unavailable"
+    return "query"
 
 
 MSG_COLS = (
@@ -95,6 +112,18 @@ def message_out(r: Any, attachments: list[dict[str, Any]] | None = None) -> m.Me
     )
 
 
+def _content_json(lang: str, text: str | None) -> str:
+    if not text:
+        return "{}"
+    return msgspec.json.encode({lang: text}).decode()
+
+
+def _content(lang: str, text: str | None) -> m.Content:
+    if not text:
+        return m.Content()
+    return m.Content(**{lang: text})
+
+
 def send_ack(msg: m.MessageOut, duplicate: bool) -> m.SendAck:
     return m.SendAck(**{f: getattr(msg, f) for f in msg.__struct_fields__}, duplicate=duplicate)
 
@@ -123,15 +152,17 @@ class SendResult:
     error: BesedaError | None = None
 
 
-_SEND_SQL = """
-WITH input AS (
-    SELECT * FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],
-                         $6::text[], $7::text[], $8::text[], $9::bigint[], $10::bool[])
-        AS t(idx, chat_id, user_id, message_key, type, body, lang, metadata,
-             reply_to_id, check_member)
-),
-checked AS (
-    SELECT i.*, d.id AS dup_id,
+# A batch of sends is three statements. The first checks every row (duplicate key,
+# chat visible to the sender and active, reply in the same chat) and hands out message
+# ids; nothing is written, so a refused row takes no seq. The second, in the write
+# transaction, moves each chat's counters once for all its rows (chats locked in id
+# order, so concurrent nodes do not deadlock); the third inserts every row from arrays.
+# Each is a plain join over indexes: no per-row round trip, no quadratic plan.
+_CHECK_SENDS_SQL = f"""
+SELECT q.*,
+       CASE WHEN q.verdict = 'ok' THEN nextval('messages_id_seq'::regclass) END AS new_id
+  FROM (
+    SELECT i.idx,
            CASE
                WHEN d.id IS NOT NULL THEN 'duplicate'
                WHEN c.id IS NULL OR c.deleted_at IS NOT NULL THEN 'not_found'
@@ -141,72 +172,45 @@ checked AS (
                WHEN i.reply_to_id IS NOT NULL AND r.id IS NULL THEN 'bad_reply'
                ELSE 'ok'
            END AS verdict,
-           COALESCE(i.lang, u.locale, $11) AS final_lang
-      FROM input i
+           COALESCE(i.lang, u.locale, $11) AS final_lang,
+           {MSG_COLS.replace("m.", "d.")},
+           CASE WHEN d.id IS NOT NULL THEN (
+               SELECT jsonb_agg(jsonb_build_object('id', a.id, 'type', a.type,
+                   'mime_type', a.mime_type, 'size', a.size, 'name', a.name,
+                   'status', a.status, 'metadata', a.metadata) ORDER BY a.id)
+                 FROM message_attachments a WHERE a.message_id = d.id) END AS attachments
+      FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],
+                  $6::text[], $7::text[], $8::text[], $9::bigint[], $10::bool[])
+           AS i(idx, chat_id, user_id, message_key, type, body, lang, metadata,
+                reply_to_id, check_member)
       LEFT JOIN messages d ON d.chat_id = i.chat_id AND d.message_key = i.message_key
       LEFT JOIN chats c ON c.id = i.chat_id
       LEFT JOIN chat_participants p ON p.chat_id = i.chat_id AND p.user_id = i.user_id
       LEFT JOIN messages r ON r.id = i.reply_to_id AND r.chat_id = i.chat_id
       LEFT JOIN users u ON u.id = i.user_id AND i.lang IS NULL
-),
-ok AS MATERIALIZED (
-    SELECT checked.*, nextval(pg_get_serial_sequence('messages', 'id')) AS new_id,
-           row_number() OVER (PARTITION BY chat_id ORDER BY idx) AS rn
-      FROM checked
-     WHERE verdict = 'ok'
-),
-counts AS (
-    SELECT chat_id, count(*) AS n, (array_agg(new_id ORDER BY rn DESC))[1] AS last_id
-      FROM ok GROUP BY chat_id
-),
-bump AS (
-    UPDATE chats c
-       SET last_seq = c.last_seq + k.n, rev = c.rev + k.n, last_message_id = k.last_id,
-           last_message_at = now(), updated_at = now()
-      FROM counts k
-     WHERE c.id = k.chat_id AND c.status = 'active' AND c.deleted_at IS NULL
-    RETURNING c.id, c.last_seq - k.n AS seq0, c.rev - k.n AS rev0
-),
-ins AS (
-    INSERT INTO messages (id, chat_id, seq, rev, created_rev, user_id, type, content,
-                          lang, metadata, reply_to_id, message_key)
-    SELECT ok.new_id, ok.chat_id, b.seq0 + ok.rn, b.rev0 + ok.rn, b.rev0 + ok.rn,
-           ok.user_id, ok.type,
-           CASE WHEN ok.body IS NULL OR ok.body = '' THEN '{}'::jsonb
-                ELSE jsonb_build_object(ok.final_lang, ok.body) END,
-           ok.final_lang, COALESCE(ok.metadata::jsonb, '{}'::jsonb), ok.reply_to_id,
-           ok.message_key
-      FROM ok JOIN bump b ON b.id = ok.chat_id
-    RETURNING id, chat_id, seq, rev, created_rev, user_id, type, content, lang, metadata,
-              reply_to_id, message_key, created_at, edited_at, deleted_at
-),
-members AS (
-    SELECT cp.chat_id, array_agg(cp.user_id) AS user_ids
-      FROM chat_participants cp
-     WHERE cp.chat_id IN (SELECT id FROM bump) AND cp.left_at IS NULL
-     GROUP BY cp.chat_id
-)
-SELECT k.idx,
-       CASE WHEN k.verdict = 'ok' AND ins.id IS NULL THEN 'archived' ELSE k.verdict END
-           AS verdict,
-       COALESCE(ins.id, d.id) AS id, COALESCE(ins.chat_id, d.chat_id) AS chat_id,
-       COALESCE(ins.seq, d.seq) AS seq, COALESCE(ins.rev, d.rev) AS rev,
-       COALESCE(ins.created_rev, d.created_rev) AS created_rev,
-       COALESCE(ins.user_id, d.user_id) AS user_id, COALESCE(ins.type, d.type) AS type,
-       COALESCE(ins.content, d.content) AS content, COALESCE(ins.lang, d.lang) AS lang,
-       COALESCE(ins.metadata, d.metadata) AS metadata,
-       COALESCE(ins.reply_to_id, d.reply_to_id) AS reply_to_id,
-       COALESCE(ins.message_key, d.message_key) AS message_key,
-       COALESCE(ins.created_at, d.created_at) AS created_at,
-       COALESCE(ins.edited_at, d.edited_at) AS edited_at,
-       CASE WHEN ins.id IS NOT NULL THEN NULL ELSE d.deleted_at END AS deleted_at,
-       mem.user_ids AS members
-  FROM checked k
-  LEFT JOIN ok ON ok.idx = k.idx
-  LEFT JOIN ins ON ins.id = ok.new_id
-  LEFT JOIN messages d ON d.id = k.dup_id
-  LEFT JOIN members mem ON mem.chat_id = ins.chat_id
- ORDER BY k.idx
+  ) q
+"""
+
+_ALLOCATE_SQL = """
+UPDATE chats c
+   SET last_seq = c.last_seq + x.n, rev = c.rev + x.n, last_message_id = x.last_id,
+       last_message_at = now(), updated_at = now()
+  FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS x(id, n, last_id)
+ WHERE c.id = x.id AND c.status = 'active' AND c.deleted_at IS NULL
+RETURNING c.id, c.last_seq - x.n AS seq0, c.rev - x.n AS rev0, now() AS created_at,
+          ARRAY(SELECT p.user_id FROM chat_participants p
+                 WHERE p.chat_id = c.id AND p.left_at IS NULL) AS members
+"""
+
+_INSERT_SQL = """
+INSERT INTO messages (id, chat_id, seq, rev, created_rev, user_id, type, content, lang,
+                      metadata, reply_to_id, message_key)
+SELECT t.id, t.chat_id, t.seq, t.rev, t.rev, t.user_id, t.type, t.content::jsonb, t.lang,
+       t.metadata::jsonb, t.reply_to_id, t.message_key
+  FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
+              $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[])
+       AS t(id, chat_id, seq, rev, user_id, type, content, lang, metadata, reply_to_id,
+            message_key)
 """
 
 _CLAIM_ATTACHMENTS_SQL = """
@@ -253,23 +257,71 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection; database trouble becomes `Unavailable`."""
+        """A pooled connection; database trouble becomes `Unavailable`.
+
+        Counts waiters and acquire time (pool saturation) and every database error
+        that leaves the block, by kind."""
+        acquired = False
+        started = time.perf_counter()
+        metrics.DB_POOL_WAITING.inc()
         try:
             async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+                acquired = True
+                metrics.DB_POOL_WAITING.dec()
+                metrics.DB_POOL_ACQUIRE_SECONDS.observe(time.perf_counter() - started)
                 yield conn
         except BesedaError:
             raise
         except Exception as exc:
+            metrics.DB_ERRORS.labels(kind=db_error_kind(exc, acquired)).inc()
             if is_unavailable(exc):
                 raise Unavailable("storage unavailable: retry with the same message_key") from exc
             raise
+        finally:
+            if not acquired:
+                metrics.DB_POOL_WAITING.dec()
 
     # -- sends -----------------------------------------------------------------
 
-    async def write_sends(self, rows: Sequence[SendRow]) -> list[SendResult]:
+    async def write_sends(
+        self, rows: Sequence[SendRow], conn: asyncpg.Connection | None = None
+    ) -> list[SendResult]:
         """Stores a batch in one statement; each row gets its own result."""
+        if conn is not None:
+            try:
+                return await self._write_sends(conn, list(range(len(rows))), rows)
+            except BesedaError:
+                raise
+            except Exception as exc:
+                metrics.DB_ERRORS.labels(kind=db_error_kind(exc, True)).inc()
+                if is_unavailable(exc):
+                    raise Unavailable("storage unavailable: retry with the same message_key") from exc
+                raise
         async with self.connection() as conn:
             return await self._write_sends(conn, list(range(len(rows))), rows)
+
+    async def lease(self) -> asyncpg.Connection:
+        """A connection kept by a long-lived worker (a writer lane); give it back
+        with `release`. Counted with the pool metrics like `connection`."""
+        started = time.perf_counter()
+        metrics.DB_POOL_WAITING.inc()
+        try:
+            conn = await self.pool.acquire(timeout=self.acquire_timeout_s)
+        except Exception as exc:
+            metrics.DB_ERRORS.labels(kind=db_error_kind(exc, False)).inc()
+            if is_unavailable(exc):
+                raise Unavailable("storage unavailable: retry with the same message_key") from exc
+            raise
+        finally:
+            metrics.DB_POOL_WAITING.dec()
+        metrics.DB_POOL_ACQUIRE_SECONDS.observe(time.perf_counter() - started)
+        return conn
+
+    async def release(self, conn: asyncpg.Connection) -> None:
+        try:
+            await self.pool.release(conn, timeout=5)
+        except Exception:
+            conn.terminate()
 
     async def _write_sends(
         self, conn: asyncpg.Connection, idxs: list[int], rows: Sequence[SendRow]
@@ -319,7 +371,8 @@ class Store:
         if not idxs:
             return
         sel = [rows[i] for i in idxs]
-        args = (
+        checked = await conn.fetch(
+            _CHECK_SENDS_SQL,
             idxs,
             [r.chat_id for r in sel],
             [r.user_id for r in sel],
@@ -332,43 +385,90 @@ class Store:
             [r.check_member for r in sel],
             self.default_lang,
         )
-        with_attachments = any(r.attachments for r in sel)
-        if not with_attachments:
-            records = await conn.fetch(_SEND_SQL, *args)
-            claimed: dict[int, list[dict[str, Any]]] = {}
-        else:
-            async with conn.transaction():
-                records = await conn.fetch(_SEND_SQL, *args)
-                claimed = await self._claim_attachments(conn, records, rows)
-        for rec in records:
-            i = rec["idx"]
+        fresh: dict[int, list[Any]] = {}  # chat id -> its new rows, in arrival order
+        for rec in sorted(checked, key=lambda r: r["idx"]):
             verdict = rec["verdict"]
-            if verdict in ("ok", "duplicate"):
-                msg = message_out(rec, claimed.get(rec["id"], []))
-                results[i] = SendResult(
-                    message=msg,
-                    duplicate=verdict == "duplicate",
-                    members=list(rec["members"] or []),
-                )
+            if verdict == "ok":
+                fresh.setdefault(rows[rec["idx"]].chat_id, []).append(rec)
+            elif verdict == "duplicate":
+                results[rec["idx"]] = SendResult(message=message_out(rec), duplicate=True)
             else:
-                results[i] = SendResult(error=_VERDICT_ERRORS[verdict])
+                results[rec["idx"]] = SendResult(error=_VERDICT_ERRORS[verdict])
+        if not fresh:
+            return
+        chat_ids = sorted(fresh)
+        claimed: dict[int, list[dict[str, Any]]] = {}
+        async with conn.transaction():
+            allocated = {
+                a["id"]: a
+                for a in await conn.fetch(
+                    _ALLOCATE_SQL,
+                    chat_ids,
+                    [len(fresh[c]) for c in chat_ids],
+                    [fresh[c][-1]["new_id"] for c in chat_ids],
+                )
+            }
+            new = self._number(fresh, allocated, rows, results)
+            if new:
+                await conn.execute(_INSERT_SQL, *zip(*(n[0] for n in new), strict=True))
+                claimed = await self._claim_attachments(conn, new, rows)
+        for values, idx, members, created_at in new:
+            row = rows[idx]
+            msg = m.MessageOut(
+                id=values[0], chat_id=values[1], seq=values[2], rev=values[3],
+                user_id=row.user_id, type=row.type, content=_content(values[7], row.text),
+                lang=values[7], metadata=msgspec.Raw(row.metadata.encode()) if row.metadata else {},
+                attachments=claimed.get(values[0], []), reply_to_id=row.reply_to_id,
+                message_key=row.message_key, created_at=created_at, edited_at=None,
+                deleted_at=None,
+            )
+            results[idx] = SendResult(message=msg, members=members)
+
+    @staticmethod
+    def _number(
+        fresh: dict[int, list[Any]],
+        allocated: dict[int, Any],
+        rows: Sequence[SendRow],
+        results: list[SendResult],
+    ) -> list[tuple[tuple[Any, ...], int, list[int], str]]:
+        """Seq and rev for each new row of each chat the allocation locked."""
+        new: list[tuple[tuple[Any, ...], int, list[int], str]] = []
+        for chat_id, recs in fresh.items():
+            chat = allocated.get(chat_id)
+            if chat is None:  # archived or deleted since the check
+                for rec in recs:
+                    results[rec["idx"]] = SendResult(error=_VERDICT_ERRORS["archived"])
+                continue
+            members = list(chat["members"])
+            created_at = iso(chat["created_at"]) or ""
+            for k, rec in enumerate(recs, start=1):
+                row = rows[rec["idx"]]
+                lang = rec["final_lang"]
+                values = (
+                    rec["new_id"], chat_id, chat["seq0"] + k, chat["rev0"] + k, row.user_id,
+                    row.type, _content_json(lang, row.text), lang, row.metadata or "{}",
+                    row.reply_to_id, row.message_key,
+                )
+                new.append((values, rec["idx"], members, created_at))
+        return new
 
     async def _claim_attachments(
-        self, conn: asyncpg.Connection, records: list[Any], rows: Sequence[SendRow]
+        self,
+        conn: asyncpg.Connection,
+        new: list[tuple[tuple[Any, ...], int, list[int], str]],
+        rows: Sequence[SendRow],
     ) -> dict[int, list[dict[str, Any]]]:
         att_ids: list[int] = []
         msg_ids: list[int] = []
         users: list[int | None] = []
         owner: dict[int, int] = {}
-        for rec in records:
-            if rec["verdict"] != "ok":
-                continue
-            row = rows[rec["idx"]]
+        for values, idx, _members, _created in new:
+            row = rows[idx]
             for att in row.attachments:
                 att_ids.append(att)
-                msg_ids.append(rec["id"])
+                msg_ids.append(values[0])
                 users.append(row.user_id)
-                owner[att] = rec["idx"]
+                owner[att] = idx
         if not att_ids:
             return {}
         got = await conn.fetch(_CLAIM_ATTACHMENTS_SQL, att_ids, msg_ids, users)

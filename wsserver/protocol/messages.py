@@ -106,7 +106,7 @@ class MessageOut(Struct, omit_defaults=False):
     type: str
     content: Content
     lang: str | None
-    metadata: dict[str, Any]
+    metadata: Any  # a dict, or msgspec.Raw of the JSON object as the sender gave it
     attachments: list[dict[str, Any]]
     reply_to_id: int | None
     message_key: str
@@ -203,3 +203,16 @@ def error_frame(request_id: str | None, body: dict[str, Any]) -> bytes:
         _encoder.encode(request_id),
         _encoder.encode(body),
     )
+
+
+def message_frames(
+    msg: MessageOut, request_id: str | None, duplicate: bool
+) -> tuple[bytes, bytes]:
+    """The sender's ack and everyone else's chat.message.new, the message encoded once."""
+    body = _encoder.encode(msg)
+    tail = b',"duplicate":true}}' if duplicate else b',"duplicate":false}}'
+    if request_id is None:
+        ack = b'{"type":"ack","data":' + body[:-1] + tail
+    else:
+        ack = b'{"type":"ack","id":' + _encoder.encode(request_id) + b',"data":' + body[:-1] + tail
+    return ack, b'{"type":"chat.message.new","data":' + body + b"}"
