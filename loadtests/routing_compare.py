@@ -34,7 +34,9 @@ FRAME = b'{"type":"chat.message.new","data":' + b'{"x":"' + b"y" * 300 + b'"}}'
 encode = msgspec.msgpack.Encoder().encode
 
 
-async def subscriber(url: str, channels: list[str], counter: list[int], stop: asyncio.Event) -> None:
+async def subscriber(
+    url: str, channels: list[str], counter: list[int], stop: asyncio.Event
+) -> None:
     r = Redis.from_url(url)
     ps = r.pubsub(ignore_subscribe_messages=True)
     for i in range(0, len(channels), 500):
@@ -49,7 +51,9 @@ async def subscriber(url: str, channels: list[str], counter: list[int], stop: as
     await r.aclose()
 
 
-async def run_variant(kind: str, url: str, port: int, args: argparse.Namespace) -> dict[str, Any]:
+async def run_variant(
+    kind: str, url: str, port: int, args: argparse.Namespace
+) -> dict[str, Any]:
     rng = random.Random(3)
     r = Redis.from_url(url)
     await r.flushall()
@@ -67,11 +71,18 @@ async def run_variant(kind: str, url: str, port: int, args: argparse.Namespace) 
             channels = [f"bs:n:{{node{n}}}"]
         else:
             channels = [f"bs:u:{{{u}}}" for u, nn in node_of.items() if nn == n]
-        subs.append(asyncio.get_running_loop().create_task(subscriber(url, channels, counter, stop)))
+        subs.append(
+            asyncio.get_running_loop().create_task(
+                subscriber(url, channels, counter, stop)
+            )
+        )
     while len(counter) < args.nodes:
         await asyncio.sleep(0.01)
 
-    pairs = [(rng.randrange(args.users), rng.randrange(args.users)) for _ in range(args.messages)]
+    pairs = [
+        (rng.randrange(args.users), rng.randrange(args.users))
+        for _ in range(args.messages)
+    ]
     await r.config_resetstat()
     before = redis_info(port)
     started = time.perf_counter()
@@ -102,7 +113,9 @@ async def run_variant(kind: str, url: str, port: int, args: argparse.Namespace) 
             pipe = r.pipeline(transaction=False)
             for a, b in batch:
                 for u in (a, b):
-                    pipe.spublish(f"bs:u:{{{u}}}", encode([[1, 1, 1, a, None, [u], FRAME]]))
+                    pipe.spublish(
+                        f"bs:u:{{{u}}}", encode([[1, 1, 1, a, None, [u], FRAME]])
+                    )
                     published += 1
             await pipe.execute()
     elapsed = time.perf_counter() - started
@@ -124,11 +137,19 @@ async def run_variant(kind: str, url: str, port: int, args: argparse.Namespace) 
     return {
         "variant": kind,
         "commands_per_message": calls / n,
-        "by_command": {k: {"calls": c, "usec_per_call": u / max(1, c)} for k, (c, u) in cs.items()},
+        "by_command": {
+            k: {"calls": c, "usec_per_call": u / max(1, c)} for k, (c, u) in cs.items()
+        },
         "command_usec_per_message": usec / n,
         "redis_cpu_us_per_message": cpu * 1e6 / n,
-        "bytes_in_per_message": (int(after["total_net_input_bytes"]) - int(before["total_net_input_bytes"])) / n,
-        "bytes_out_per_message": (int(after["total_net_output_bytes"]) - int(before["total_net_output_bytes"])) / n,
+        "bytes_in_per_message": (
+            int(after["total_net_input_bytes"]) - int(before["total_net_input_bytes"])
+        )
+        / n,
+        "bytes_out_per_message": (
+            int(after["total_net_output_bytes"]) - int(before["total_net_output_bytes"])
+        )
+        / n,
         "envelopes_published": published,
         "subscriber_messages": sum(counter),
         "publisher_wall_s": elapsed,
@@ -142,7 +163,10 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     server.start()
     try:
         url = f"redis://127.0.0.1:{server.port}/0"
-        return [await run_variant(k, url, server.port, args) for k in ("per_node", "per_user")]
+        return [
+            await run_variant(k, url, server.port, args)
+            for k in ("per_node", "per_user")
+        ]
     finally:
         server.stop()
 
@@ -161,7 +185,11 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
     a, b = results
     for key, label, fmt in (
         ("commands_per_message", "Redis commands per message", "{:.2f}"),
-        ("command_usec_per_message", "command time per message (µs, commandstats)", "{:.1f}"),
+        (
+            "command_usec_per_message",
+            "command time per message (µs, commandstats)",
+            "{:.1f}",
+        ),
         ("redis_cpu_us_per_message", "Redis CPU per message (µs)", "{:.1f}"),
         ("bytes_in_per_message", "bytes into Redis per message", "{:.0f}"),
         ("bytes_out_per_message", "bytes out of Redis per message", "{:.0f}"),
@@ -171,9 +199,13 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
         lines.append(f"| {label} | {fmt.format(a[key])} | {fmt.format(b[key])} |")
     lines.append("")
     for r in results:
-        lines.append(f"`{r['variant']}` by command: " + ", ".join(
-            f"`{k}` {v['calls']} calls, {v['usec_per_call']:.2f} µs/call" for k, v in sorted(r["by_command"].items())
-        ))
+        lines.append(
+            f"`{r['variant']}` by command: "
+            + ", ".join(
+                f"`{k}` {v['calls']} calls, {v['usec_per_call']:.2f} µs/call"
+                for k, v in sorted(r["by_command"].items())
+            )
+        )
         lines.append("")
     return "\n".join(lines)
 

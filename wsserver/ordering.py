@@ -13,6 +13,7 @@ Pure bookkeeping plus one injected fill query; it knows nothing of sockets or Re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -95,8 +96,13 @@ class Sequencer:
     # -- events -----------------------------------------------------------------
 
     def offer(
-        self, user_id: int, chat_id: int, seq: int, frame: bytes,
-        exclude: str | None, author: int | None,
+        self,
+        user_id: int,
+        chat_id: int,
+        seq: int,
+        frame: bytes,
+        exclude: str | None,
+        author: int | None,
     ) -> None:
         """Takes one `chat.message.new` for one user; emits it (and whatever it
         unblocks) when it is next in order."""
@@ -158,7 +164,9 @@ class Sequencer:
             metrics.ORDER_EVENTS.labels(outcome="fill_failed").inc()
             log.warning(
                 "order.fill_failed chat=%s attempt=%d err=%s",
-                key[1], st.attempts, type(exc).__name__,
+                key[1],
+                st.attempts,
+                type(exc).__name__,
             )
             if st.attempts >= FILL_ATTEMPTS:
                 self._skip_gap(key, st)
@@ -168,7 +176,7 @@ class Sequencer:
             self._arm(key, st, self.hold_s * (1 + st.attempts))
 
     async def _fill_once(self, key: Key, st: _Stream) -> None:
-        user_id, chat_id = key
+        chat_id = key[1]
         low = min(st.held)
         if st.expected is None:
             # No baseline yet: the messages just before the first one held that
@@ -213,7 +221,5 @@ class Sequencer:
         for task in tasks:
             task.cancel()
         for task in tasks:
-            try:
+            with contextlib.suppress(BaseException):
                 await task
-            except BaseException:
-                pass

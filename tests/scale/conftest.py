@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import WsClient, World
+from tests.helpers import World, WsClient
 from wsserver.embedded_pg import free_port
 
 
@@ -87,7 +87,9 @@ SCALE_DEFAULTS: dict[str, Any] = {
 
 
 @pytest.fixture
-async def cluster(node_factory: Any, redis: RedisHandle, new_id: Any) -> AsyncIterator[Any]:
+async def cluster(
+    node_factory: Any, redis: RedisHandle, new_id: Any
+) -> AsyncIterator[Any]:
     """`await cluster.start(n)` starts n in-process nodes sharing PostgreSQL and Redis."""
     c = Cluster(node_factory, redis, new_id)
     yield c
@@ -106,7 +108,8 @@ class Cluster:
         settings = {**SCALE_DEFAULTS, **overrides}
         for i in range(n):
             node = await self.node_factory(
-                redis_url=self.redis.url, node_id=f"n{i + 1}-{os.getpid()}-{next(self.ids)}",
+                redis_url=self.redis.url,
+                node_id=f"n{i + 1}-{os.getpid()}-{next(self.ids)}",
                 **settings,
             )
             self.nodes.append(node)
@@ -126,7 +129,9 @@ class Cluster:
 class ServeProcess:
     """One `beseda serve` subprocess on free loopback ports."""
 
-    def __init__(self, env: dict[str, str], ws_port: int, http_port: int, log: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], ws_port: int, http_port: int, log: Path
+    ) -> None:
         self.env = env
         self.ws_port = ws_port
         self.http_port = http_port
@@ -140,14 +145,26 @@ class ServeProcess:
     async def start(self, timeout: float = 30.0) -> None:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "wsserver.cli", "serve",
-                 "--ws-port", str(self.ws_port), "--http-port", str(self.http_port)],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "wsserver.cli",
+                    "serve",
+                    "--ws-port",
+                    str(self.ws_port),
+                    "--http-port",
+                    str(self.http_port),
+                ],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"beseda serve exited: {self.log.read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"beseda serve exited: {self.log.read_text()[-2000:]}"
+                )
             if "beseda: ws://" in self.log.read_text():
                 return
             await asyncio.sleep(0.05)
@@ -198,7 +215,9 @@ def serve_factory(
             BESEDA_RATE_BURST="1000",
         )
         env.update(env_overrides)
-        p = ServeProcess(env, free_port(), free_port(), tmp_path / f"serve-{len(procs)}.log")
+        p = ServeProcess(
+            env, free_port(), free_port(), tmp_path / f"serve-{len(procs)}.log"
+        )
         procs.append(p)
         return p
 

@@ -22,7 +22,10 @@ async def test_cross_node_multi_device_users_get_each_message_once(cluster):
     a1, b1 = await cluster.connect(0, a), await cluster.connect(0, b)
     a2, b2 = await cluster.connect(1, a), await cluster.connect(1, b)
 
-    futs = [a1.send_nowait("message.send", send_data(chat, f"k{i}", f"m{i}")) for i in range(100)]
+    futs = [
+        a1.send_nowait("message.send", send_data(chat, f"k{i}", f"m{i}"))
+        for i in range(100)
+    ]
     replies = await asyncio.gather(*futs)
     assert all(r["type"] == "ack" for r in replies)
     for client in (a2, b1, b2):
@@ -52,7 +55,9 @@ async def test_user_connecting_just_before_a_send_gets_it_from_another_node(clus
         await wb.close()
 
 
-async def test_every_socket_sees_seq_order_with_concurrent_senders_on_three_nodes(cluster):
+async def test_every_socket_sees_seq_order_with_concurrent_senders_on_three_nodes(
+    cluster,
+):
     """Senders on every node write one chat at once, many rounds: every socket on any
     node gets chat.message.new in seq order, no gap and no duplicate."""
     await cluster.start(3)
@@ -74,7 +79,9 @@ async def test_every_socket_sees_seq_order_with_concurrent_senders_on_three_node
             for j in range(per_sender):
                 if rng.random() < 0.3:
                     await asyncio.sleep(0.002)
-                ack = await sockets[u][0].ok("message.send", send_data(chat, f"{r}-{i}-{j}", "x"))
+                ack = await sockets[u][0].ok(
+                    "message.send", send_data(chat, f"{r}-{i}-{j}", "x")
+                )
                 out.append(ack["seq"])
             return out
 
@@ -82,12 +89,16 @@ async def test_every_socket_sees_seq_order_with_concurrent_senders_on_three_node
         total = 3 * per_sender
         assert sorted(s for lst in own for s in lst) == list(range(1, total + 1))
         for ws in watchers:
-            assert seqs(await ws.events_of("chat.message.new", total)) == list(range(1, total + 1))
+            assert seqs(await ws.events_of("chat.message.new", total)) == list(
+                range(1, total + 1)
+            )
         for i, u in enumerate(senders):
             first, second = sockets[u]
             got = seqs(await first.events_of("chat.message.new", total - per_sender))
             assert got == sorted(set(range(1, total + 1)) - set(own[i]))
-            assert seqs(await second.events_of("chat.message.new", total)) == list(range(1, total + 1))
+            assert seqs(await second.events_of("chat.message.new", total)) == list(
+                range(1, total + 1)
+            )
         for ws in [*watchers, *(s for lst in sockets.values() for s in lst)]:
             assert await ws.quiet(0.0, "chat.message.new") == []
             await ws.close()
@@ -111,8 +122,14 @@ async def test_same_key_from_two_nodes_at_once_stores_one_message(cluster):
             a2.request("message.send", send_data(chat, f"k-race-{i}", text2)),
         )
         assert r1["type"] == "ack" and r2["type"] == "ack", (r1, r2)
-        assert r1["data"]["id"] == r2["data"]["id"] and r1["data"]["seq"] == r2["data"]["seq"]
-        assert sorted([r1["data"]["duplicate"], r2["data"]["duplicate"]]) == [False, True]
+        assert (
+            r1["data"]["id"] == r2["data"]["id"]
+            and r1["data"]["seq"] == r2["data"]["seq"]
+        )
+        assert sorted([r1["data"]["duplicate"], r2["data"]["duplicate"]]) == [
+            False,
+            True,
+        ]
         assert r1["data"]["content"] == r2["data"]["content"]
     events = await wb.events_of("chat.message.new", keys)
     assert seqs(events) == list(range(1, keys + 1))

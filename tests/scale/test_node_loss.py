@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from tests.helpers import WsClient, World, send_data
+from tests.helpers import World, WsClient, send_data
 from tests.scale.test_redis_outage import View, wait_for
 
 MARK = "plaintext-marker"
@@ -31,7 +31,9 @@ class Sender:
                 self.unanswered.append(key)
                 continue
             try:
-                reply = await ws.request("message.send", send_data(self.chat, key, f"{MARK} {i}"), timeout=10)
+                reply = await ws.request(
+                    "message.send", send_data(self.chat, key, f"{MARK} {i}"), timeout=10
+                )
             except (ConnectionError, TimeoutError):
                 self.unanswered.append(key)
                 continue
@@ -44,7 +46,9 @@ class Sender:
 
     async def retry(self, ws: WsClient) -> None:
         for key in self.unanswered:
-            ack = await ws.ok("message.send", send_data(self.chat, key, f"{MARK} retry"))
+            ack = await ws.ok(
+                "message.send", send_data(self.chat, key, f"{MARK} retry")
+            )
             assert key not in self.acked or self.acked[key] == ack["id"]
             self.acked[key] = ack["id"]
         self.unanswered = []
@@ -107,7 +111,9 @@ async def test_node_killed_mid_load_clients_resume_elsewhere_with_every_acked_me
     await load_a
     await sa.retry(wa)
 
-    rows = await w.sql("SELECT id, seq FROM messages WHERE chat_id = $1 ORDER BY seq", chat)
+    rows = await w.sql(
+        "SELECT id, seq FROM messages WHERE chat_id = $1 ORDER BY seq", chat
+    )
     total = len(rows)
     assert [r["seq"] for r in rows] == list(range(1, total + 1))
     assert total == 120 + 70
@@ -156,7 +162,9 @@ async def test_sigterm_drains_with_1012_and_clients_resume_on_the_other_node(
             if ws.closed.is_set():
                 sender.unanswered.append(key)
                 continue
-            futs[key] = ws.send_nowait("message.send", send_data(chat, key, f"{MARK} {i}"))
+            futs[key] = ws.send_nowait(
+                "message.send", send_data(chat, key, f"{MARK} {i}")
+            )
             if i == 150:
                 p1.signal(signal.SIGTERM)
             await asyncio.sleep(0.002)
@@ -183,7 +191,9 @@ async def test_sigterm_drains_with_1012_and_clients_resume_on_the_other_node(
     await sender.retry(wa)
     wb = await connect(w, p2.url, b)
     await view.sync(wb)
-    rows = await w.sql("SELECT id, seq FROM messages WHERE chat_id = $1 ORDER BY seq", chat)
+    rows = await w.sql(
+        "SELECT id, seq FROM messages WHERE chat_id = $1 ORDER BY seq", chat
+    )
     assert len(rows) == 300 and [r["seq"] for r in rows] == list(range(1, 301))
     assert view.seqs == list(range(1, 301))
     assert set(sender.acked.values()) == {r["id"] for r in rows}

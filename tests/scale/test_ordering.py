@@ -66,7 +66,12 @@ async def test_sequencer_fills_a_gap_from_the_database_after_the_hold():
     rig.offer(1)
     rig.offer(4)
     await rig.until(4)
-    assert [(s, f) for _, s, f in rig.out] == [(1, b"f1"), (2, b"db2"), (3, b"db3"), (4, b"f4")]
+    assert [(s, f) for _, s, f in rig.out] == [
+        (1, b"f1"),
+        (2, b"db2"),
+        (3, b"db3"),
+        (4, b"f4"),
+    ]
     assert rig.fills == [(1, 4, 0.0)]
 
 

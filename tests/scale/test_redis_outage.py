@@ -50,7 +50,9 @@ class View:
 
     async def sync(self, ws: WsClient) -> None:
         while True:
-            ack = await ws.ok("chats.sync", {"chats": [{"chat_id": self.chat, "rev": self.rev}]})
+            ack = await ws.ok(
+                "chats.sync", {"chats": [{"chat_id": self.chat, "rev": self.rev}]}
+            )
             entry = ack["chats"][0]
             for change in entry["changes"]:
                 if change["type"] == "chat.message.new":

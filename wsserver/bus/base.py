@@ -33,8 +33,12 @@ class Bus(Protocol):
         ...
 
     def publish_users(
-        self, user_ids: Iterable[int], frame: bytes, exclude: str | None = None,
-        kind: str = "event", order: tuple[int, int, int | None] | None = None,
+        self,
+        user_ids: Iterable[int],
+        frame: bytes,
+        exclude: str | None = None,
+        kind: str = "event",
+        order: tuple[int, int, int | None] | None = None,
     ) -> list[int]:
         """Queue a frame for every socket of these users (any node); returns the
         users reached on this node now. `order` = (chat_id, seq, author) marks a
@@ -42,8 +46,12 @@ class Bus(Protocol):
         ...
 
     def publish_chat(
-        self, chat_id: int, frame: bytes, exclude: str | None = None,
-        typing: tuple[int, bool] | None = None, renew: bool = False,
+        self,
+        chat_id: int,
+        frame: bytes,
+        exclude: str | None = None,
+        typing: tuple[int, bool] | None = None,
+        renew: bool = False,
     ) -> None:
         """Queue a frame for every socket subscribed to the chat (any node).
         `typing` = (user_id, typing) for chat.user.typing; `renew` marks a repeated

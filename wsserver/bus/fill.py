@@ -27,7 +27,10 @@ async def messages_before(
                      WHERE m.chat_id = $1 AND m.seq < $2
                        AND m.created_at >= now() - make_interval(secs => $3)
                      ORDER BY m.seq DESC LIMIT $4""",
-                chat_id, before_seq, lookback_s, FILL_LIMIT,
+                chat_id,
+                before_seq,
+                lookback_s,
+                FILL_LIMIT,
             )
             rows = list(reversed(rows))
         else:
@@ -35,7 +38,10 @@ async def messages_before(
                 f"""SELECT {MSG_COLS}, {ATTACHMENTS_COL} FROM messages m
                      WHERE m.chat_id = $1 AND m.seq > $2 AND m.seq < $3
                      ORDER BY m.seq LIMIT $4""",
-                chat_id, after_seq, before_seq, FILL_LIMIT,
+                chat_id,
+                after_seq,
+                before_seq,
+                FILL_LIMIT,
             )
     out = []
     for r in rows:
@@ -44,7 +50,9 @@ async def messages_before(
     return out
 
 
-async def users_with_changes(store: Any, user_ids: list[int], window_s: float) -> list[int]:
+async def users_with_changes(
+    store: Any, user_ids: list[int], window_s: float
+) -> list[int]:
     """Of these users, those taking part in a chat that changed in the last window_s
     seconds (by the database clock)."""
     async with store.connection() as conn:
@@ -53,6 +61,7 @@ async def users_with_changes(store: Any, user_ids: list[int], window_s: float) -
                  JOIN chats c ON c.id = p.chat_id
                 WHERE p.user_id = ANY($1::bigint[])
                   AND c.updated_at >= now() - make_interval(secs => $2)""",
-            user_ids, window_s,
+            user_ids,
+            window_s,
         )
     return [r["user_id"] for r in rows]

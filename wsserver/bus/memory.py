@@ -28,15 +28,23 @@ class MemoryBus:
         return None
 
     def publish_users(
-        self, user_ids: Iterable[int], frame: bytes, exclude: str | None = None,
-        kind: str = "event", order: tuple[int, int, int | None] | None = None,
+        self,
+        user_ids: Iterable[int],
+        frame: bytes,
+        exclude: str | None = None,
+        kind: str = "event",
+        order: tuple[int, int, int | None] | None = None,
     ) -> list[int]:
         # One node: the writer lanes already commit and fan out a chat in seq order.
         return self.registry.deliver_users(user_ids, frame, exclude, kind)
 
     def publish_chat(
-        self, chat_id: int, frame: bytes, exclude: str | None = None,
-        typing: tuple[int, bool] | None = None, renew: bool = False,
+        self,
+        chat_id: int,
+        frame: bytes,
+        exclude: str | None = None,
+        typing: tuple[int, bool] | None = None,
+        renew: bool = False,
     ) -> None:
         if not renew:
             self.registry.deliver_chat(chat_id, frame, exclude)

@@ -123,7 +123,9 @@ def make_client(url: str, cluster: bool, retries: int = 1) -> Any:
     if cluster or url.startswith("redis+cluster://"):
         from redis.asyncio.cluster import RedisCluster
 
-        return RedisCluster.from_url(url.replace("redis+cluster://", "redis://"), **kwargs)
+        return RedisCluster.from_url(
+            url.replace("redis+cluster://", "redis://"), **kwargs
+        )
     return Redis.from_url(url, **kwargs)
 
 
@@ -151,11 +153,16 @@ class RedisBus:
         self.redis: Any = None
         self.redis_ps: Any = None
         self.sequencer = Sequencer(
-            self._fill, self._emit, self._resync_user,
-            hold_s=s.order_hold_s, lookback_s=s.order_lookback_s,
+            self._fill,
+            self._emit,
+            self._resync_user,
+            hold_s=s.order_hold_s,
+            lookback_s=s.order_lookback_s,
         )
         # remote typists, kept alive by renewals; a lapse means their node died
-        self.relay = MemoryPresence(s.typing_ttl_s * 2 + self.heartbeat_s, self._relay_lapsed)
+        self.relay = MemoryPresence(
+            s.typing_ttl_s * 2 + self.heartbeat_s, self._relay_lapsed
+        )
         self.live: set[str] = set()
         self.dead: set[str] = set()
         self._local: dict[int, int] = {}
@@ -195,7 +202,9 @@ class RedisBus:
             self._up = True
             metrics.BUS_UP.set(1)
         except _REDIS_ERRORS as exc:
-            log.warning("bus.redis_unreachable node=%s err=%s", self.node_id, type(exc).__name__)
+            log.warning(
+                "bus.redis_unreachable node=%s err=%s", self.node_id, type(exc).__name__
+            )
             self._link_down()
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -210,7 +219,11 @@ class RedisBus:
     async def stop(self) -> None:
         self._stopping = True
         deadline = time.monotonic() + 2.0
-        while (self._outbox or self._unregister) and self._up and time.monotonic() < deadline:
+        while (
+            (self._outbox or self._unregister)
+            and self._up
+            and time.monotonic() < deadline
+        ):
             self._pub_wakeup.set()
             await asyncio.sleep(0.01)
         tasks = list(self._tasks)
@@ -267,7 +280,9 @@ class RedisBus:
             pipe.sadd(key_node_users(self.node_id), user_id)
             await asyncio.wait_for(pipe.execute(), REGISTER_TIMEOUT_S)
         except _REDIS_ERRORS as exc:
-            log.warning("bus.register_failed node=%s err=%s", self.node_id, type(exc).__name__)
+            log.warning(
+                "bus.register_failed node=%s err=%s", self.node_id, type(exc).__name__
+            )
             self._link_down()
         finally:
             self._registering.pop(user_id, None)
@@ -290,8 +305,12 @@ class RedisBus:
     # -- publishing ------------------------------------------------------------------
 
     def publish_users(
-        self, user_ids: Iterable[int], frame: bytes, exclude: str | None = None,
-        kind: str = "event", order: tuple[int, int, int | None] | None = None,
+        self,
+        user_ids: Iterable[int],
+        frame: bytes,
+        exclude: str | None = None,
+        kind: str = "event",
+        order: tuple[int, int, int | None] | None = None,
     ) -> list[int]:
         users = list(user_ids)
         if order is None:
@@ -309,15 +328,28 @@ class RedisBus:
         return []  # receipts are noted through on_message as events go out
 
     def publish_chat(
-        self, chat_id: int, frame: bytes, exclude: str | None = None,
-        typing: tuple[int, bool] | None = None, renew: bool = False,
+        self,
+        chat_id: int,
+        frame: bytes,
+        exclude: str | None = None,
+        typing: tuple[int, bool] | None = None,
+        renew: bool = False,
     ) -> None:
         if not renew:
             self.registry.deliver_chat(chat_id, frame, exclude)
         user, flag = typing if typing is not None else (0, False)
         self._enqueue(
-            _Out(_EV_CHAT, [], frame, exclude, "typing", chat_id,
-                 typing_user=user, typing=flag, renew=renew)
+            _Out(
+                _EV_CHAT,
+                [],
+                frame,
+                exclude,
+                "typing",
+                chat_id,
+                typing_user=user,
+                typing=flag,
+                renew=renew,
+            )
         )
 
     def _enqueue(self, item: _Out) -> None:
@@ -347,7 +379,10 @@ class RedisBus:
             while self._unregister and self._up:
                 await self._flush_unregister()
             while self._outbox:
-                batch = [self._outbox.popleft() for _ in range(min(PUBLISH_BATCH, len(self._outbox)))]
+                batch = [
+                    self._outbox.popleft()
+                    for _ in range(min(PUBLISH_BATCH, len(self._outbox)))
+                ]
                 if not self._up:
                     for item in batch:
                         self._note_missed(item)
@@ -355,14 +390,20 @@ class RedisBus:
                 try:
                     await self._publish_batch(batch)
                 except _REDIS_ERRORS as exc:
-                    log.warning("bus.publish_failed node=%s err=%s", self.node_id, type(exc).__name__)
+                    log.warning(
+                        "bus.publish_failed node=%s err=%s",
+                        self.node_id,
+                        type(exc).__name__,
+                    )
                     metrics.BUS_ERRORS.labels(kind="publish").inc()
                     for item in batch:
                         self._note_missed(item)
                     self._link_down()
 
     async def _flush_unregister(self) -> None:
-        items = [self._unregister.popleft() for _ in range(min(512, len(self._unregister)))]
+        items = [
+            self._unregister.popleft() for _ in range(min(512, len(self._unregister)))
+        ]
         pipe = self.redis.pipeline(transaction=False)
         for uid, gen in items:
             pipe.eval(_UNREGISTER_LUA, 1, key_user(uid), self.node_id, gen)
@@ -389,8 +430,16 @@ class RedisBus:
         for item in batch:
             if item.kind == _EV_CHAT:
                 per_chat.setdefault(item.chat_id, []).append(
-                    [_EV_CHAT, item.chat_id, item.typing_user, item.typing, item.renew,
-                     me, item.exclude, item.frame]
+                    [
+                        _EV_CHAT,
+                        item.chat_id,
+                        item.typing_user,
+                        item.typing,
+                        item.renew,
+                        me,
+                        item.exclude,
+                        item.frame,
+                    ]
                 )
                 continue
             targets: dict[str, list[int]] = {}
@@ -400,8 +449,15 @@ class RedisBus:
                         targets.setdefault(node, []).append(uid)
             for node, uids in targets.items():
                 if item.kind == _EV_MESSAGE:
-                    env = [_EV_MESSAGE, item.chat_id, item.seq, item.author, item.exclude,
-                           uids, item.frame]
+                    env = [
+                        _EV_MESSAGE,
+                        item.chat_id,
+                        item.seq,
+                        item.author,
+                        item.exclude,
+                        uids,
+                        item.frame,
+                    ]
                 else:
                     env = [_EV_USERS, item.label, item.exclude, uids, item.frame]
                 per_node.setdefault(node, []).append(env)
@@ -413,7 +469,9 @@ class RedisBus:
             for chat_id, envs in per_chat.items():
                 pipe.spublish(channel_chat(chat_id), _encode(envs))
             await pipe.execute()
-            metrics.BUS_MESSAGES.labels(direction="out").inc(len(per_node) + len(per_chat))
+            metrics.BUS_MESSAGES.labels(direction="out").inc(
+                len(per_node) + len(per_chat)
+            )
         metrics.BUS_PUBLISH_SECONDS.observe(time.perf_counter() - started)
 
     # -- receiving --------------------------------------------------------------------
@@ -424,21 +482,29 @@ class RedisBus:
             ps = self.redis_ps.pubsub(ignore_subscribe_messages=True)
             try:
                 chats = set(self.registry.by_chat)
-                await ps.ssubscribe(channel_node(self.node_id), *(channel_chat(c) for c in chats))
+                await ps.ssubscribe(
+                    channel_node(self.node_id), *(channel_chat(c) for c in chats)
+                )
                 self._chat_subs = chats
                 self._ps = ps
                 self._ps_epoch += 1
                 self._ps_recycle = False
                 backoff = 0.05
                 while not self._ps_recycle:
-                    msg = await ps.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                    msg = await ps.get_message(
+                        ignore_subscribe_messages=True, timeout=0.5
+                    )
                     if msg is not None and msg.get("type") == "smessage":
                         self._on_envelopes(msg["data"])
             except asyncio.CancelledError:
                 raise
             except _REDIS_ERRORS as exc:
                 if not self._stopping:
-                    log.warning("bus.subscription_lost node=%s err=%s", self.node_id, type(exc).__name__)
+                    log.warning(
+                        "bus.subscription_lost node=%s err=%s",
+                        self.node_id,
+                        type(exc).__name__,
+                    )
                     self._link_down()
             except Exception:
                 log.exception("bus.listen_failed node=%s", self.node_id)
@@ -477,7 +543,12 @@ class RedisBus:
                 self._spawn(self._catch_up(users, float(window_s)))
 
     def _on_remote_typing(
-        self, chat_id: int, user: int, flag: bool, renew: bool, exclude: str | None,
+        self,
+        chat_id: int,
+        user: int,
+        flag: bool,
+        renew: bool,
+        exclude: str | None,
         frame: bytes,
     ) -> None:
         if not user:
@@ -491,7 +562,8 @@ class RedisBus:
 
     def _relay_lapsed(self, chat_id: int, user_id: int) -> None:
         frame = m.event_frame(
-            "chat.user.typing", m.TypingOut(chat_id=chat_id, user_id=user_id, typing=False)
+            "chat.user.typing",
+            m.TypingOut(chat_id=chat_id, user_id=user_id, typing=False),
         )
         self.registry.deliver_chat(chat_id, frame, None)
 
@@ -529,10 +601,14 @@ class RedisBus:
     async def _fill(
         self, chat_id: int, after_seq: int | None, before_seq: int, lookback_s: float
     ) -> list[tuple[int, int | None, bytes]]:
-        return await fill.messages_before(self.store, chat_id, after_seq, before_seq, lookback_s)
+        return await fill.messages_before(
+            self.store, chat_id, after_seq, before_seq, lookback_s
+        )
 
     def _emit(self, user_id: int, chat_id: int, seq: int, held: Held) -> None:
-        reached = self.registry.deliver_users((user_id,), held.frame, held.exclude, "message")
+        reached = self.registry.deliver_users(
+            (user_id,), held.frame, held.exclude, "message"
+        )
         if reached and self.on_message is not None:
             self.on_message(chat_id, seq, held.author, reached)
 
@@ -602,7 +678,11 @@ class RedisBus:
                 raise
             except _REDIS_ERRORS as exc:
                 if not self._stopping:
-                    log.debug("bus.heartbeat_failed node=%s err=%s", self.node_id, type(exc).__name__)
+                    log.debug(
+                        "bus.heartbeat_failed node=%s err=%s",
+                        self.node_id,
+                        type(exc).__name__,
+                    )
                     self._link_down()
             except Exception:
                 log.exception("bus.heartbeat_crashed node=%s", self.node_id)
@@ -639,7 +719,9 @@ class RedisBus:
                     pipe.sadd(key_node_users(self.node_id), uid)
                 await pipe.execute()
             self._unregister.clear()
-            missed: list[int] | None = None if self._missed_all else sorted(self._missed)
+            missed: list[int] | None = (
+                None if self._missed_all else sorted(self._missed)
+            )
             if missed is None or missed:
                 notice = _encode([[_EV_RESYNC, missed, window_s]])
                 pipe = self.redis.pipeline(transaction=False)
@@ -654,7 +736,12 @@ class RedisBus:
         self._missed_all = False
         self._lost_at = None
         metrics.BUS_UP.set(1)
-        log.warning("bus.redis_restored node=%s window_s=%.1f users=%d", self.node_id, window_s, len(items))
+        log.warning(
+            "bus.redis_restored node=%s window_s=%.1f users=%d",
+            self.node_id,
+            window_s,
+            len(items),
+        )
         await self._catch_up(None, window_s)
         self.restores += 1
 
@@ -669,7 +756,11 @@ class RedisBus:
             try:
                 users = await fill.users_with_changes(self.store, local, window_s)
             except Exception as exc:
-                log.warning("bus.catch_up_failed node=%s err=%s", self.node_id, type(exc).__name__)
+                log.warning(
+                    "bus.catch_up_failed node=%s err=%s",
+                    self.node_id,
+                    type(exc).__name__,
+                )
                 users = local  # cannot tell: everyone resyncs
         n = 0
         for uid in users:
@@ -698,7 +789,9 @@ class RedisBus:
             await self.redis.delete(key)
             log.info("bus.node_cleaned node=%s dead=%s", self.node_id, node)
         except _REDIS_ERRORS as exc:
-            log.warning("bus.node_clean_failed dead=%s err=%s", node, type(exc).__name__)
+            log.warning(
+                "bus.node_clean_failed dead=%s err=%s", node, type(exc).__name__
+            )
 
     def _sweep_leaked_attaches(self) -> None:
         """An attach whose handshake never completed leaves a count with no socket."""
