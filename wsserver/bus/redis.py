@@ -479,8 +479,13 @@ class RedisBus:
     async def _listen(self) -> None:
         backoff = 0.05
         while not self._stopping:
-            ps = self.redis_ps.pubsub(ignore_subscribe_messages=True)
+            ps: Any = None
             try:
+                # a cluster client learns the slot map here, before routing channels
+                await self.redis_ps.initialize()
+                ps = self.redis_ps.pubsub(ignore_subscribe_messages=True)
+                # the cluster client keeps one subscriber per shard behind this reader
+                sharded = hasattr(ps, "get_sharded_message")
                 chats = set(self.registry.by_chat)
                 await ps.ssubscribe(
                     channel_node(self.node_id), *(channel_chat(c) for c in chats)
@@ -491,9 +496,8 @@ class RedisBus:
                 self._ps_recycle = False
                 backoff = 0.05
                 while not self._ps_recycle:
-                    msg = await ps.get_message(
-                        ignore_subscribe_messages=True, timeout=0.5
-                    )
+                    read = ps.get_sharded_message if sharded else ps.get_message
+                    msg = await read(ignore_subscribe_messages=True, timeout=0.5)
                     if msg is not None and msg.get("type") == "smessage":
                         self._on_envelopes(msg["data"])
             except asyncio.CancelledError:
@@ -511,8 +515,9 @@ class RedisBus:
                 self._link_down()
             finally:
                 self._ps = None
-                with contextlib.suppress(Exception):
-                    await ps.aclose()
+                if ps is not None:
+                    with contextlib.suppress(Exception):
+                        await ps.aclose()
             await asyncio.sleep(backoff)
             backoff = min(1.0, backoff * 2)
 
