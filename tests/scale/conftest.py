@@ -210,6 +210,7 @@ def serve_factory(
             BESEDA_REDIS_HEARTBEAT_S="0.25",
             BESEDA_REDIS_NODE_TTL_S="1.5",
             BESEDA_ORDER_HOLD_S="0.1",
+            BESEDA_TYPING_TTL_S="1",
             BESEDA_LOG_LEVEL="INFO",
             BESEDA_RATE_PER_S="1000",
             BESEDA_RATE_BURST="1000",

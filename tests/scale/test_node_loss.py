@@ -4,6 +4,7 @@ SIGTERM mid-load. Clients resume on the other node with chats.sync."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 
 import pytest
@@ -73,7 +74,8 @@ async def test_node_killed_mid_load_clients_resume_elsewhere_with_every_acked_me
 ):
     """SIGKILL one of two nodes while senders on both write one chat: the receiver
     and the sender from the dead node reconnect to the other node, resync, retry;
-    every acked message is there once, and the dead node's users go offline."""
+    every acked message is there once, and the dead node's users go offline and stop
+    typing (BC-11 across nodes)."""
     p1, p2 = serve_factory(), serve_factory()
     await asyncio.gather(p1.start(), p2.start())
     w = await world_for(p1, node_factory)
@@ -83,7 +85,19 @@ async def test_node_killed_mid_load_clients_resume_elsewhere_with_every_acked_me
     wa = await connect(w, p1.url, a)
     wb = await connect(w, p2.url, b)
     wc = await connect(w, p2.url, c)
-    await connect(w, p2.url, d)  # stays away once its node dies
+    wd = await connect(w, p2.url, d)  # stays away once its node dies
+    await wa.ok("chat.subscribe", {"chat_id": chat})
+    await wd.ok("chat.subscribe", {"chat_id": chat})
+
+    async def keep_typing() -> None:
+        while not wd.closed.is_set():
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                await wd.ok("typing.start", {"chat_id": chat}, timeout=2)
+            await asyncio.sleep(0.3)
+
+    typist = asyncio.get_running_loop().create_task(keep_typing())
+    ev = await wa.event("chat.user.typing", timeout=5)
+    assert ev["data"] == {"chat_id": chat, "user_id": d, "typing": True}
     view = View(chat)
     sa, sc = Sender(chat, "a"), Sender(chat, "c")
 
@@ -98,6 +112,10 @@ async def test_node_killed_mid_load_clients_resume_elsewhere_with_every_acked_me
     p2.signal(signal.SIGKILL)
     await p2.wait(10)
     await sc.run(wc, range(40, 50))  # the socket is dead: these go unanswered
+    # d never said typing.stop and its node is gone: the relay on p1 lapses
+    ev = await wa.event("chat.user.typing", timeout=10)
+    assert ev["data"] == {"chat_id": chat, "user_id": d, "typing": False}
+    typist.cancel()
     await wb.wait_closed()
     reader.cancel()
     view.take(wb.drain_events(), wb)
