@@ -121,11 +121,13 @@ BUS_PUBLISH_SECONDS = Histogram(
 BUS_ERRORS = Counter("beseda_bus_errors_total", "Bus errors by kind", ["kind"])
 ORDER_EVENTS = Counter(
     "beseda_order_events_total",
-    "Hold-back outcomes for chat.message.new across nodes",
-    ["outcome"],
+    "Hold-back results for chat.message.new across nodes",
+    ["result"],
 )
 BUS_MESSAGES = Counter(
-    "beseda_bus_messages_total", "Cross-node bus envelopes, by direction", ["direction"]
+    "beseda_bus_messages_total",
+    "Cross-node bus envelopes, sent (out) or received (in)",
+    ["kind"],
 )
 BUS_RESYNC_CLOSES = Counter(
     "beseda_bus_resync_closes_total",

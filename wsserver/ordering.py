@@ -116,12 +116,12 @@ class Sequencer:
             self._streams[key] = st
             self._by_user.setdefault(user_id, set()).add(chat_id)
         if (st.expected is not None and seq < st.expected) or seq in st.held:
-            metrics.ORDER_EVENTS.labels(outcome="duplicate").inc()
+            metrics.ORDER_EVENTS.labels(result="duplicate").inc()
             return
         st.held[seq] = Held(frame, exclude, author)
         self._drain(key, st)
         if st.held:
-            metrics.ORDER_EVENTS.labels(outcome="held").inc()
+            metrics.ORDER_EVENTS.labels(result="held").inc()
             self._arm(key, st)
 
     def _drain(self, key: Key, st: _Stream) -> None:
@@ -161,7 +161,7 @@ class Sequencer:
             raise
         except Exception as exc:
             st.attempts += 1
-            metrics.ORDER_EVENTS.labels(outcome="fill_failed").inc()
+            metrics.ORDER_EVENTS.labels(result="fill_failed").inc()
             log.warning(
                 "order.fill_failed chat=%s attempt=%d err=%s",
                 key[1],
@@ -184,10 +184,10 @@ class Sequencer:
             window = min(self.lookback_s, time.monotonic() - st.since + ATTACH_MARGIN_S)
             rows = await self._fill(chat_id, None, low, window)
             st.expected = rows[0][0] if rows else low
-            metrics.ORDER_EVENTS.labels(outcome="baseline").inc()
+            metrics.ORDER_EVENTS.labels(result="baseline").inc()
         else:
             rows = await self._fill(chat_id, st.expected - 1, low, 0.0)
-            metrics.ORDER_EVENTS.labels(outcome="filled").inc(len(rows))
+            metrics.ORDER_EVENTS.labels(result="filled").inc(len(rows))
         if self._streams.get(key) is not st:
             return  # the user left meanwhile
         for seq, author, frame in rows:
@@ -201,7 +201,7 @@ class Sequencer:
         user resync rather than keep a socket open with a hole in it."""
         low = min(st.held)
         log.warning("order.gap_skipped chat=%s from=%s to=%s", key[1], st.expected, low)
-        metrics.ORDER_EVENTS.labels(outcome="skipped").inc()
+        metrics.ORDER_EVENTS.labels(result="skipped").inc()
         st.expected = low
         st.attempts = 0
         self._give_up(key[0])

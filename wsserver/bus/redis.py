@@ -469,9 +469,7 @@ class RedisBus:
             for chat_id, envs in per_chat.items():
                 pipe.spublish(channel_chat(chat_id), _encode(envs))
             await pipe.execute()
-            metrics.BUS_MESSAGES.labels(direction="out").inc(
-                len(per_node) + len(per_chat)
-            )
+            metrics.BUS_MESSAGES.labels(kind="out").inc(len(per_node) + len(per_chat))
         metrics.BUS_PUBLISH_SECONDS.observe(time.perf_counter() - started)
 
     # -- receiving --------------------------------------------------------------------
@@ -522,7 +520,7 @@ class RedisBus:
             backoff = min(1.0, backoff * 2)
 
     def _on_envelopes(self, data: bytes) -> None:
-        metrics.BUS_MESSAGES.labels(direction="in").inc()
+        metrics.BUS_MESSAGES.labels(kind="in").inc()
         try:
             envs = _decode(data)
         except msgspec.DecodeError:
