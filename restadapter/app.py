@@ -7,9 +7,19 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from wsserver import store as store_module
+from wsserver.attachments import LinkSigner
+from wsserver.chatlist import ChatList
+from wsserver.chats import ChatService
+from wsserver.storage import LocalStorage
+
+from . import attachments, internal, legacy, openapi, translate
+from .responses import on_http_error
 
 if TYPE_CHECKING:
     from wsserver.app import Node
@@ -31,11 +41,26 @@ def build_app(node: "Node") -> Starlette:
         node.refresh_gauges()
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    spec = openapi.render().encode()
+
+    async def openapi_json(_request: Request) -> Response:
+        return Response(spec, media_type="application/json")
+
     routes = [
+        Route("/openapi.json", openapi_json),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+        *legacy.routes,
+        *internal.routes,
+        *attachments.routes,
+        *translate.routes,
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, exception_handlers={HTTPException: on_http_error})
     app.state.node = node
+    app.state.chatlist = ChatList(node.store)
+    app.state.chats = ChatService(node)
+    app.state.storage = LocalStorage(node.settings.data_dir / "uploads")
+    app.state.signer = LinkSigner(node.settings)
+    store_module.attachment_url = app.state.signer.url
     return app

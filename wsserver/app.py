@@ -69,6 +69,7 @@ class Node:
             max_size=pool_max,
             max_inactive_connection_lifetime=60,
             init=Store.connection_init(),
+            reset=Store.connection_reset(),
             **db.connect_kwargs(s),
         )
         self.store = Store(
@@ -85,6 +86,9 @@ class Node:
         self.writer.start()
         await self.server.start()
         self.ws_port = self.server.port
+        from .translation.worker import start_translation
+
+        self.translations, self.translator = await start_translation(self)
         await self._start_http()
         log.info(
             "node.started node=%s ws=%s:%s http=%s:%s bus=%s",
@@ -178,6 +182,8 @@ class Node:
             if self._http_task is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._http_task, timeout=10)
+        if getattr(self, "translator", None) is not None:
+            await self.translator.stop()
         await self.bus.stop()
         if self.pool is not None:
             with contextlib.suppress(Exception):

@@ -79,6 +79,16 @@ class Settings:
     order_hold_s: float = 0.15
     order_lookback_s: float = 3.0
     log_level: str = "INFO"
+
+    # REST adapter: attachments and translation (docs/rest.md, docs/translation.md)
+    max_upload_bytes: int = 25 * 1024 * 1024
+    url_secret: str | None = None
+    url_ttl_s: int = 24 * 3600
+    translate_provider: str | None = None  # "libretranslate" or "deepl"; unset: none
+    translate_url: str | None = None  # required with a provider; no default host
+    translate_api_key: str | None = None
+    translate_timeout_s: float = 10.0
+    translate_workers: int = 2
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -130,6 +140,14 @@ class Settings:
             order_hold_s=_env_float("BESEDA_ORDER_HOLD_S", 0.15),
             order_lookback_s=_env_float("BESEDA_ORDER_LOOKBACK_S", 3.0),
             log_level=e("BESEDA_LOG_LEVEL", "INFO"),
+            max_upload_bytes=_env_int("BESEDA_MAX_UPLOAD_BYTES", 25 * 1024 * 1024),
+            url_secret=e("BESEDA_URL_SECRET") or None,
+            url_ttl_s=_env_int("BESEDA_URL_TTL_S", 24 * 3600),
+            translate_provider=e("BESEDA_TRANSLATE_PROVIDER") or None,
+            translate_url=e("BESEDA_TRANSLATE_URL") or None,
+            translate_api_key=e("BESEDA_TRANSLATE_API_KEY") or None,
+            translate_timeout_s=_env_float("BESEDA_TRANSLATE_TIMEOUT_S", 10.0),
+            translate_workers=_env_int("BESEDA_TRANSLATE_WORKERS", 2),
         )
 
     def with_(self, **changes: object) -> "Settings":

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -83,6 +83,10 @@ ATTACHMENTS_COL = (
 )
 
 
+# Set by the HTTP app: an attachment id to its signed download link.
+attachment_url: Callable[[int], str] | None = None
+
+
 def message_out(r: Any, attachments: list[dict[str, Any]] | None = None) -> m.MessageOut:
     deleted = r["deleted_at"] is not None
     content = r["content"] or {}
@@ -91,6 +95,8 @@ def message_out(r: Any, attachments: list[dict[str, Any]] | None = None) -> m.Me
             attachments = r["attachments"]
         except KeyError:
             attachments = []
+    if attachments and attachment_url is not None and not deleted:
+        attachments = [{**a, "url": attachment_url(a["id"])} for a in attachments]
     return m.MessageOut(
         id=r["id"],
         chat_id=r["chat_id"],
@@ -243,6 +249,10 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _reset_connection(conn: asyncpg.Connection) -> None:
+    return None
+
+
 class Store:
     def __init__(
         self, pool: asyncpg.Pool, *, default_lang: str = "ru", acquire_timeout_s: float = 5.0
@@ -254,6 +264,14 @@ class Store:
     @staticmethod
     def connection_init() -> Any:
         return _init_connection
+
+    @staticmethod
+    def connection_reset() -> Any:
+        """What the pool runs when a connection comes back. asyncpg already rolls
+        back an open transaction; we keep no session state (no SET, LISTEN or
+        advisory locks on pooled connections), so the default reset query, one
+        round trip per release, is skipped."""
+        return _reset_connection
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -478,9 +496,10 @@ class Store:
             raise AttachmentClaimFailed(bad)
         out: dict[int, list[dict[str, Any]]] = {}
         for r in sorted(got, key=lambda r: r["id"]):
-            out.setdefault(r["message_id"], []).append(
-                {k: r[k] for k in ("id", "type", "mime_type", "size", "name", "status", "metadata")}
-            )
+            att = {k: r[k] for k in ("id", "type", "mime_type", "size", "name", "status", "metadata")}
+            if attachment_url is not None:
+                att["url"] = attachment_url(r["id"])
+            out.setdefault(r["message_id"], []).append(att)
         return out
 
     # -- reads -----------------------------------------------------------------

@@ -1,0 +1,771 @@
+"""Reading a Twilio Conversations export: pages in, per-conversation plans out.
+
+Nothing here touches the database. `Export.conversations()` streams one
+`ConversationPlan` at a time (one conversation's participants and de-duplicated
+messages, already mapped to our column values), so memory stays bounded by the
+largest conversation, not by the export.
+
+Bad data never raises: every oddity lands in the plan's `stats` counter (names
+follow EXPECTED.md where it has one) and, where a list helps, in `issues`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .lang import detect
+
+log = logging.getLogger("beseda.importer")
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+MAX_TEXT_BYTES = 32 * 1024
+_PAGE_NAME = re.compile(r"^page-(\d+)\.json$")
+_SAFE_SID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ORDER_UNIQUE = re.compile(r"^order-(\d+)(-fulfillment)?$")
+_GROUP_WORD = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+USER_ROLES = ("buyer", "client", "manager", "service")
+
+
+class MessageRec(msgspec.Struct, kw_only=True):
+    """One Twilio Message as the fast path decodes it; unknown fields are ignored."""
+
+    sid: str
+    index: int
+    author: str | None = None
+    body: str | None = None
+    media: Any = None
+    attributes: Any = None
+    participant_sid: str | None = None
+    date_created: datetime | None = None
+    date_updated: datetime | None = None
+    delivery: Any = None
+    content_sid: str | None = None
+    # Deprecated single-media shape (Programmable Chat era), snake and camel case.
+    media_sid: str | None = None
+    media_content_type: str | None = None
+    media_filename: str | None = None
+    media_size: int | None = None
+    mediaSid: str | None = None
+    mediaContentType: str | None = None
+    mediaFilename: str | None = None
+    mediaSize: int | None = None
+
+
+class MessagePage(msgspec.Struct):
+    messages: list[MessageRec]
+
+
+_msg_page_decoder = msgspec.json.Decoder(MessagePage)
+_any_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+
+
+def dumps(value: Any) -> str:
+    return _encoder.encode(value).decode("utf-8")
+
+
+# ---------------------------------------------------------------------------------
+# small cleaning helpers
+
+
+def no_nul(s: str) -> str:
+    """PostgreSQL text/jsonb cannot hold U+0000: it becomes U+FFFD."""
+    return s.replace("\x00", "\ufffd") if "\x00" in s else s
+
+
+def _fix_str(s: str) -> str:
+    s = no_nul(s)
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates from a \ud800-style escape
+        s = s.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return s
+
+
+def clean(value: Any) -> Any:
+    """Deep copy of decoded JSON with every string made storable in PostgreSQL."""
+    if isinstance(value, str):
+        return _fix_str(value)
+    if isinstance(value, dict):
+        return {_fix_str(str(k)): clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean(v) for v in value]
+    return value
+
+
+def parse_attributes(raw: Any) -> tuple[bool, Any]:
+    """(ok, value): the parsed attributes, or (False, raw string) when it is not JSON."""
+    if raw is None or raw == "{}":
+        return True, {}
+    if not isinstance(raw, str):
+        return True, clean(raw)
+    try:
+        value = _any_decoder.decode(raw)
+    except msgspec.DecodeError:
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return False, _fix_str(raw)
+    if "\\u" in raw or "\x00" in raw:
+        value = clean(value)
+    return True, value
+
+
+def parse_ts(raw: Any) -> datetime | None:
+    if isinstance(raw, datetime):
+        return raw if raw.tzinfo else raw.replace(tzinfo=timezone.utc)
+    if not isinstance(raw, str) or not raw:
+        return None
+    try:
+        t = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def iso(t: datetime | None) -> str | None:
+    return None if t is None else t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def attachment_type(content_type: str) -> str:
+    if content_type.startswith("image/"):
+        return "image"
+    if content_type.startswith("audio/"):
+        return "audio"
+    return "file"
+
+
+def page_files(folder: Path) -> list[Path]:
+    """`page-N.json` files of a list, in page order (numeric, not lexical)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        m = _PAGE_NAME.match(name)
+        if m:
+            found.append((int(m.group(1)), folder / name))
+    found.sort()
+    return [p for _, p in found]
+
+
+# ---------------------------------------------------------------------------------
+# plans
+
+
+@dataclass(slots=True)
+class MediaItem:
+    sid: str
+    content_type: str
+    filename: str | None
+    size: int
+    att_type: str
+    source: Path | None  # the export file, when present
+    metadata: str
+
+
+@dataclass(slots=True)
+class MessagePlan:
+    sid: str
+    index: int
+    user_id: int | None
+    type: str
+    content: str
+    lang: str | None
+    metadata: str
+    created_at: datetime
+    edited_at: datetime | None
+    updated_at: datetime
+    media: list[MediaItem]
+
+
+@dataclass(slots=True)
+class ParticipantPlan:
+    user_id: int
+    role: str
+    joined_at: datetime
+    horizon_index: int | None  # Twilio's last_read_message_index
+    last_read_at: datetime | None
+
+
+@dataclass
+class ConversationPlan:
+    sid: str
+    signature: str
+    type: str
+    group: str
+    name: str
+    status: str
+    order_id: int | None
+    metadata: str
+    created_at: datetime
+    updated_at: datetime
+    participants: list[ParticipantPlan]
+    messages: list[MessagePlan]
+    stats: Counter[str] = field(default_factory=Counter)
+    unknown_identities: set[str] = field(default_factory=set)
+    missing_media: list[str] = field(default_factory=list)
+    issues: list[dict[str, str]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------
+
+
+class ExportError(Exception):
+    """the export folder cannot be read at all"""
+
+
+class Export:
+    """A Twilio export folder plus the users.csv / orders.csv that map it."""
+
+    def __init__(
+        self, root: Path, users_csv: Path, orders_csv: Path, default_lang: str = "ru"
+    ) -> None:
+        self.root = Path(root)
+        self.users_csv = Path(users_csv)
+        self.orders_csv = Path(orders_csv)
+        self.default_lang = default_lang
+        if not (self.root / "conversations").is_dir():
+            raise ExportError(f"{self.root} has no conversations/ folder")
+        self.stats: Counter[str] = Counter()  # export-wide (not per conversation)
+        self.issues: list[dict[str, str]] = []
+        self.users: dict[str, tuple[int, str]] = {}
+        self.orders: list[tuple[int, int | None, int | None, int | None]] = []
+        self.order_ids: set[int] = set()
+        self.twilio_names: dict[str, str] = {}
+        self.admin_roles: set[str] = set()
+        self.unknown_identities: set[str] = set()
+        self._first: dict[str, int] | None = None
+
+    # ---- export-wide inputs --------------------------------------------------
+    def load_side_files(self) -> None:
+        self._load_users_csv()
+        self._load_orders_csv()
+        self._load_twilio_users()
+        self._load_roles()
+
+    def _load_users_csv(self) -> None:
+        with open(self.users_csv, encoding="utf-8", newline="") as f:
+            for n, row in enumerate(csv.DictReader(f), start=2):
+                try:
+                    ident = row["identity"]
+                    uid = int(row["user_id"])
+                except (KeyError, TypeError, ValueError):
+                    self.stats["users_csv_bad_rows"] += 1
+                    self.issues.append({"kind": "users_csv_bad_row", "line": str(n)})
+                    continue
+                role = (row.get("role") or "buyer").strip()
+                if role not in USER_ROLES:
+                    role = "buyer"
+                self.users[ident] = (uid, role)
+        self.stats["users_csv_rows"] = len(self.users)
+
+    def _load_orders_csv(self) -> None:
+        def opt(v: str | None) -> int | None:
+            v = (v or "").strip()
+            return int(v) if v else None
+
+        with open(self.orders_csv, encoding="utf-8", newline="") as f:
+            for n, row in enumerate(csv.DictReader(f), start=2):
+                try:
+                    order = (
+                        int(row["order_id"]),
+                        opt(row.get("buyer_id")),
+                        opt(row.get("manager_id")),
+                        opt(row.get("fulfillment_id")),
+                    )
+                except (KeyError, TypeError, ValueError):
+                    self.stats["orders_csv_bad_rows"] += 1
+                    self.issues.append({"kind": "orders_csv_bad_row", "line": str(n)})
+                    continue
+                if order[0] not in self.order_ids:
+                    self.order_ids.add(order[0])
+                    self.orders.append(order)
+        self.stats["orders"] = len(self.orders)
+
+    def _load_twilio_users(self) -> None:
+        for item in self._list_items(self.root / "users", "users"):
+            if not isinstance(item, dict):
+                continue
+            self.stats["twilio_users"] += 1
+            ok, _ = parse_attributes(item.get("attributes"))
+            if not ok:
+                self.stats["bad_attributes_users"] += 1
+                self.issues.append({"kind": "bad_attributes", "resource": "user",
+                                    "sid": str(item.get("sid"))})
+            ident = item.get("identity")
+            name = item.get("friendly_name")
+            if isinstance(ident, str) and isinstance(name, str):
+                self.twilio_names[ident] = _fix_str(name)
+            if isinstance(ident, str) and ident not in self.users:
+                self.stats["twilio_users_not_in_csv"] += 1
+
+    def _load_roles(self) -> None:
+        for item in self._list_items(self.root / "roles", "roles"):
+            if not isinstance(item, dict):
+                continue
+            name = str(item.get("friendly_name") or "").lower()
+            if "admin" in name and isinstance(item.get("sid"), str):
+                self.admin_roles.add(item["sid"])
+
+    # ---- pages -----------------------------------------------------------------
+    def _read_page(self, path: Path, key: str) -> list[Any]:
+        """Items of one list page; an unreadable page is counted and yields nothing."""
+        try:
+            data = path.read_bytes()
+        except OSError:
+            self._bad_page(path, "unreadable")
+            return []
+        try:
+            doc = _any_decoder.decode(data)
+        except msgspec.DecodeError:
+            try:
+                doc = clean(json.loads(data))
+            except ValueError:
+                self._bad_page(path, "invalid JSON")
+                return []
+        items = doc.get(key) if isinstance(doc, dict) else None
+        if not isinstance(items, list):
+            self._bad_page(path, f"no {key!r} list")
+            return []
+        return items
+
+    def _bad_page(self, path: Path, why: str) -> None:
+        self.stats["bad_pages"] += 1
+        self.issues.append({"kind": "bad_page", "path": str(path.relative_to(self.root)),
+                            "reason": why})
+
+    def _list_items(self, folder: Path, key: str) -> Iterator[Any]:
+        for path in page_files(folder):
+            yield from self._read_page(path, key)
+
+    def _message_records(self, folder: Path, plan_stats: Counter[str]) -> list[MessageRec]:
+        out: list[MessageRec] = []
+        for path in page_files(folder):
+            try:
+                data = path.read_bytes()
+            except OSError:
+                self._bad_page(path, "unreadable")
+                continue
+            try:
+                out.extend(_msg_page_decoder.decode(data).messages)
+                continue
+            except msgspec.DecodeError:
+                pass
+            for item in self._read_page(path, "messages"):
+                rec = _lenient_message(item)
+                if rec is None:
+                    plan_stats["invalid_message_records"] += 1
+                else:
+                    out.append(rec)
+        return out
+
+    # ---- conversations -----------------------------------------------------------
+    def index_listing(self) -> int:
+        """Read the conversation list once, up front: where each sid first occurs.
+
+        Built in one go before streaming starts, so the de-duplication map does not
+        grow (and fragment the heap) while the import runs. Returns the count of
+        distinct conversations.
+        """
+        first: dict[str, int] = {}
+        pos = 0
+        for path in page_files(self.root / "conversations"):
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue  # _read_page yields nothing for it either
+            try:
+                doc = _any_decoder.decode(data)
+            except msgspec.DecodeError:
+                try:
+                    doc = json.loads(data)
+                except ValueError:
+                    continue
+            items = doc.get("conversations") if isinstance(doc, dict) else None
+            for item in items if isinstance(items, list) else []:
+                sid = item.get("sid") if isinstance(item, dict) else None
+                if isinstance(sid, str) and sid not in first:
+                    first[sid] = pos
+                pos += 1
+        self._first = first
+        return len(first)
+
+    def conversation_records(self) -> Iterator[dict[str, Any]]:
+        """Distinct conversation records in listing order (duplicates counted)."""
+        if self._first is None:
+            self.index_listing()
+        first = self._first or {}
+        pos = 0
+        for path in page_files(self.root / "conversations"):
+            items = self._read_page(path, "conversations")
+            for item in items:
+                here = pos
+                pos += 1
+                self.stats["conversation_records_in_pages"] += 1
+                sid = item.get("sid") if isinstance(item, dict) else None
+                if not isinstance(sid, str) or not _SAFE_SID.match(sid):
+                    self.stats["invalid_conversation_records"] += 1
+                    continue
+                if first.get(sid) != here:
+                    self.stats["duplicate_conversation_records"] += 1
+                    continue
+                yield item
+
+    def count_conversations(self) -> int:
+        return self.index_listing()
+
+    def signature(self, record: dict[str, Any]) -> str:
+        """Cheap fingerprint of one conversation: its record and its page files' stat."""
+        h = hashlib.sha256(_encoder.encode(record))
+        base = self.root / "conversations" / record["sid"]
+        for sub in ("participants", "messages"):
+            for path in page_files(base / sub):
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue
+                h.update(f"{sub}/{path.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+
+    def plan(self, conv: dict[str, Any], signature: str) -> ConversationPlan:
+        """Map one conversation (with its participants and messages) to our rows."""
+        sid: str = conv["sid"]
+        st: Counter[str] = Counter()
+        unknown: set[str] = set()
+        issues: list[dict[str, str]] = []
+        base = self.root / "conversations" / sid
+
+        # ---- participants
+        listed = [p for p in self._list_items(base / "participants", "participants")
+                  if isinstance(p, dict)]
+        st["participant_records"] += len(listed)
+        owner_pos = None
+        earliest = None
+        for pos, p in enumerate(listed):
+            t = parse_ts(p.get("date_created")) or EPOCH
+            if earliest is None or t < earliest:
+                earliest, owner_pos = t, pos
+        listed_sids = {p.get("sid") for p in listed if isinstance(p.get("sid"), str)}
+        parts_raw: list[tuple[dict[str, Any], int, str]] = []
+        for pos, p in enumerate(listed):
+            ok, _ = parse_attributes(p.get("attributes"))
+            if not ok:
+                st["bad_attributes_participants"] += 1
+                issues.append({"kind": "bad_attributes", "resource": "participant",
+                               "sid": str(p.get("sid"))})
+            ident = p.get("identity")
+            if ident is None:
+                st["participants_without_identity"] += 1
+                continue
+            if not isinstance(ident, str) or ident not in self.users:
+                st["participants_unknown_identity"] += 1
+                unknown.add(_fix_str(str(ident)))
+                continue
+            if pos == owner_pos:
+                role = "owner"
+            elif p.get("role_sid") in self.admin_roles:
+                role = "admin"
+            else:
+                role = "member"
+            parts_raw.append((p, self.users[ident][0], role))
+
+        # ---- messages: de-duplicate by sid (greatest date_updated, later on a tie)
+        records = self._message_records(base / "messages", st)
+        st["message_records_in_pages"] += len(records)
+        best: dict[str, tuple[MessageRec, int]] = {}
+        for pos, rec in enumerate(records):
+            prev = best.get(rec.sid)
+            if prev is not None:
+                st["duplicate_message_records"] += 1
+                old = prev[0]
+                new_t = rec.date_updated or rec.date_created or EPOCH
+                old_t = old.date_updated or old.date_created or EPOCH
+                if new_t < old_t:
+                    continue
+            best[rec.sid] = (rec, pos)
+        ordered = sorted(best.values(), key=lambda rp: (rp[0].index, rp[1]))
+        del records, best
+
+        messages: list[MessagePlan] = []
+        msg_psids: set[str] = set()
+        missing_media: list[str] = []
+        indices: list[int] = []
+        for rec, _pos in ordered:
+            mp = self._message(rec, st, unknown, missing_media, listed_sids, issues)
+            messages.append(mp)
+            indices.append(rec.index)
+            if rec.participant_sid:
+                msg_psids.add(rec.participant_sid)
+        if indices:
+            st["missing_indices_below_last"] += indices[-1] + 1 - len(set(indices))
+        index_set = set(indices)
+
+        participants = []
+        for p, uid, role in parts_raw:
+            lr = p.get("last_read_message_index")
+            lr = lr if isinstance(lr, int) and not isinstance(lr, bool) else None
+            if lr is not None and lr not in index_set:
+                st["read_horizons_on_index_gap"] += 1
+            participants.append(ParticipantPlan(
+                user_id=uid, role=role,
+                joined_at=parse_ts(p.get("date_created")) or EPOCH,
+                horizon_index=lr, last_read_at=parse_ts(p.get("last_read_timestamp"))))
+            st["chat_participants"] += 1
+            st["chat_participants_" + role] += 1
+
+        # ---- the chat
+        ok, cattrs = parse_attributes(conv.get("attributes"))
+        twilio: dict[str, Any] = {
+            "sid": sid,
+            "unique_name": clean(conv.get("unique_name")),
+            "state": clean(conv.get("state")),
+            "timers": clean(conv.get("timers")),
+        }
+        if ok:
+            twilio["attributes"] = cattrs
+        else:
+            twilio["attributes_raw"] = cattrs
+            st["bad_attributes_conversations"] += 1
+            issues.append({"kind": "bad_attributes", "resource": "conversation", "sid": sid})
+        order_id = _order_id(conv.get("unique_name"), cattrs if ok else None)
+        if order_id is not None and order_id not in self.order_ids:
+            st["chats_with_order_not_in_csv"] += 1
+            issues.append({"kind": "order_not_in_csv", "sid": sid, "order_id": str(order_id)})
+        all_sids = listed_sids | msg_psids
+        ctype = "private" if order_id is None and len(all_sids) == 2 else "group"
+        status = "archived" if conv.get("state") == "closed" else "active"
+        if order_id is not None:
+            group = "order"
+        elif ok and isinstance(cattrs, dict) and isinstance(cattrs.get("chat_kind"), str) \
+                and _GROUP_WORD.match(cattrs["chat_kind"]):
+            group = cattrs["chat_kind"]
+        else:
+            group = ctype
+        created = parse_ts(conv.get("date_created"))
+        updated = parse_ts(conv.get("date_updated"))
+        if created is None:
+            st["bad_timestamps"] += 1
+            created = messages[0].created_at if messages else (updated or EPOCH)
+        if updated is None:
+            updated = max([created] + [m.updated_at for m in messages])
+        st["chats"] += 1
+        st["chats_" + ctype] += 1
+        st["chats_" + status] += 1
+        st["chats_with_order"] += order_id is not None
+        st["chats_without_messages"] += not messages
+        self.unknown_identities |= unknown
+        return ConversationPlan(
+            sid=sid, signature=signature, type=ctype, group=group,
+            name=_fix_str(conv.get("friendly_name") or ""),
+            status=status, order_id=order_id, metadata=dumps({"twilio": twilio}),
+            created_at=created, updated_at=updated,
+            participants=participants, messages=messages, stats=st,
+            unknown_identities=unknown, missing_media=missing_media, issues=issues,
+        )
+
+    def _message(self, rec: MessageRec, st: Counter[str], unknown: set[str],
+                 missing_media: list[str], listed_sids: set[str | None],
+                 issues: list[dict[str, str]]) -> MessagePlan:
+        st["messages"] += 1
+        author = rec.author
+        if author is not None and "\x00" in author:
+            author = no_nul(author)
+        user = self.users.get(author) if author is not None else None
+        if author != "system":
+            if user is None:
+                st["messages_by_unknown_author"] += 1
+                if author is not None:
+                    unknown.add(_fix_str(author))
+            if rec.participant_sid not in listed_sids:
+                st["messages_by_departed_participant"] += 1
+
+        items, legacy = _media_items(rec)
+        if legacy:
+            st["messages_with_legacy_media_shape"] += 1
+        media: list[MediaItem] = []
+        for item in items:
+            media.append(self._media(item, st, missing_media))
+        if author == "system":
+            mtype = "system"
+        elif media:
+            mtype = media[0].att_type
+        else:
+            mtype = "text"
+        st["messages_" + mtype] += 1
+
+        body = rec.body
+        if body is not None and not isinstance(body, str):
+            body = str(body)
+        if not body:
+            st["messages_empty_body"] += 1
+            content, lang = "{}", None
+        else:
+            if "\x00" in body:
+                st["bodies_with_nul_char"] += 1
+                body = body.replace("\x00", "\ufffd")
+            if "\\u0000" in body:
+                st["bodies_with_literal_backslash_u0000"] += 1
+            if len(body) > 1600:
+                st["bodies_over_1600_chars"] += 1
+            nbytes = len(body.encode("utf-8")) if not body.isascii() else len(body)
+            if nbytes > MAX_TEXT_BYTES:
+                st["bodies_over_32k_bytes"] += 1
+            if nbytes > st["max_body_utf8_bytes"]:
+                st["max_body_utf8_bytes"] = nbytes
+            lang = detect(body, self.default_lang)
+            content = dumps({lang: body})
+
+        created = rec.date_created
+        if created is None:
+            st["bad_timestamps"] += 1
+            created = rec.date_updated or EPOCH
+        updated = rec.date_updated or created
+        edited = updated if updated > created else None
+        if edited is not None:
+            st["messages_edited"] += 1
+
+        ok, attrs = parse_attributes(rec.attributes)
+        tw: dict[str, Any] = {
+            "sid": rec.sid, "index": rec.index, "author": author,
+            "participant_sid": rec.participant_sid,
+        }
+        if ok:
+            tw["attributes"] = attrs
+        else:
+            tw["attributes_raw"] = attrs
+            st["bad_attributes_messages"] += 1
+            issues.append({"kind": "bad_attributes", "resource": "message", "sid": rec.sid})
+        tw["content_sid"] = rec.content_sid
+        tw["delivery"] = rec.delivery
+        if legacy:
+            tw["legacy_media"] = True
+        return MessagePlan(
+            sid=rec.sid, index=rec.index, user_id=user[0] if user else None, type=mtype,
+            content=content, lang=lang, metadata=dumps({"twilio": tw}),
+            created_at=created, edited_at=edited, updated_at=updated, media=media,
+        )
+
+    def _media(self, item: dict[str, Any], st: Counter[str],
+               missing_media: list[str]) -> MediaItem:
+        st["attachments"] += 1
+        sid = str(item.get("sid") or "")
+        ctype = item.get("content_type")
+        ctype = _fix_str(ctype) if isinstance(ctype, str) and ctype else "application/octet-stream"
+        fname = item.get("filename")
+        fname = _fix_str(fname) if isinstance(fname, str) else None
+        size = item.get("size")
+        size = size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else 0
+        source = None
+        if _SAFE_SID.match(sid):
+            path = self.root / "media" / sid
+            try:
+                fst = path.stat()
+            except OSError:
+                fst = None
+            if fst is not None and path.is_file():
+                source, size = path, fst.st_size
+        else:
+            st["media_with_invalid_sid"] += 1
+        if source is None:
+            st["missing_media_files"] += 1
+            missing_media.append(sid)
+        else:
+            st["media_files_present"] += 1
+        meta = {"twilio": {"sid": sid, "category": clean(item.get("category")),
+                           "size": item.get("size")}}
+        return MediaItem(sid=sid, content_type=ctype, filename=fname, size=size,
+                         att_type=attachment_type(ctype), source=source, metadata=dumps(meta))
+
+    def count_receipts(self, sid: str) -> int:
+        """Delivery receipts of one conversation (counted, not imported)."""
+        n = 0
+        folder = self.root / "conversations" / sid / "messages"
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            return 0
+        for entry in entries:
+            if entry.is_dir():
+                n += sum(1 for _ in self._list_items(Path(entry.path) / "receipts",
+                                                     "delivery_receipts"))
+        return n
+
+
+def _order_id(unique_name: Any, attrs: Any) -> int | None:
+    if isinstance(unique_name, str):
+        m = _ORDER_UNIQUE.match(unique_name)
+        if m:
+            return int(m.group(1))
+    if isinstance(attrs, dict):
+        v = attrs.get("order_id")
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+        if isinstance(v, str) and v.strip().isdigit():
+            return int(v.strip())
+    return None
+
+
+def _media_items(rec: MessageRec) -> tuple[list[dict[str, Any]], bool]:
+    """Media of a message: the `media` list, or the legacy single-media shape."""
+    m = rec.media
+    if isinstance(m, list) and m:
+        return [x for x in m if isinstance(x, dict)], False
+    if isinstance(m, dict) and m:
+        return [m], True
+    sid = rec.media_sid or rec.mediaSid
+    if sid:
+        return [{
+            "sid": sid,
+            "content_type": rec.media_content_type or rec.mediaContentType,
+            "filename": rec.media_filename or rec.mediaFilename,
+            "size": rec.media_size if rec.media_size is not None else rec.mediaSize,
+        }], True
+    return [], False
+
+
+_LENIENT_FIELDS = ("author", "body", "participant_sid", "content_sid")
+
+
+def _lenient_message(item: Any) -> MessageRec | None:
+    """A message record from loosely typed JSON, or None when it has no sid/index."""
+    if not isinstance(item, dict):
+        return None
+    sid, index = item.get("sid"), item.get("index")
+    if not isinstance(sid, str) or not sid:
+        return None
+    try:
+        index = int(index)
+    except (TypeError, ValueError):
+        return None
+    kw: dict[str, Any] = {}
+    for name in _LENIENT_FIELDS:
+        v = item.get(name)
+        kw[name] = None if v is None else _fix_str(v if isinstance(v, str) else str(v))
+    for name in ("media_sid", "media_content_type", "media_filename",
+                 "mediaSid", "mediaContentType", "mediaFilename"):
+        v = item.get(name)
+        kw[name] = v if isinstance(v, str) else None
+    for name in ("media_size", "mediaSize"):
+        v = item.get(name)
+        kw[name] = v if isinstance(v, int) and not isinstance(v, bool) else None
+    return MessageRec(
+        sid=_fix_str(sid), index=index, media=clean(item.get("media")),
+        attributes=item.get("attributes"), delivery=clean(item.get("delivery")),
+        date_created=parse_ts(item.get("date_created")),
+        date_updated=parse_ts(item.get("date_updated")), **kw,
+    )

@@ -1,0 +1,380 @@
+"""Chat lists, search and single-chat reads as the legacy REST API shows them.
+
+Which chats a user sees: those they take part in (and have not left) and, for a
+manager, every chat of the orders they manage. Lists are newest activity first;
+`last_message` is the latest message that is not deleted, in the caller's locale
+when a translation exists, cut at a grapheme boundary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import regex
+
+from .errors import Forbidden, NotFound
+from .search import SearchQuery
+from .store import ATTACHMENTS_COL, MSG_COLS, Store, iso, message_out
+
+PREVIEW_MAX_CHARS = 200
+SEARCH_MAX_CHATS = 1000
+# Search messages chat by chat when the caller sees at most this many messages.
+SEARCH_PER_CHAT_MAX_MESSAGES = 20_000
+# Matching messages read through the gram index before switching to per chat.
+SEARCH_INDEX_CAP = 5_000
+FULFILLMENT_NONE = "не назначен"
+_GRAPHEME = regex.compile(r"\X")
+
+# Chats the user sees: $1 user id, $2 true for a manager.
+_VISIBLE = """
+vis AS (
+    SELECT p.chat_id AS id FROM chat_participants p
+     WHERE p.user_id = $1 AND p.left_at IS NULL
+    UNION
+    SELECT c.id FROM orders o JOIN chats c ON c.order_id = o.id
+     WHERE $2 AND o.manager_id = $1
+)"""
+
+# Decorates the rows of `page` (chats) with unread and the preview; $1 user, $3 locale.
+_DECORATE = """
+SELECT pg.id, pg.name, pg.type, pg."group", pg.status, pg.order_id, pg.verification_id,
+       pg.metadata, pg.created_at, pg.updated_at, pg.last_message_at,
+       CASE WHEN me.user_id IS NULL THEN 0
+            ELSE GREATEST(pg.last_seq - me.last_read_seq, 0) END AS unread,
+       lm.id AS lm_id, lm.user_id AS lm_user_id, lm.created_at AS lm_created_at,
+       left(COALESCE(lm.content ->> $3, lm.content ->> lm.lang), %(chars)d) AS lm_text
+  FROM page pg
+  LEFT JOIN chat_participants me
+         ON me.chat_id = pg.id AND me.user_id = $1 AND me.left_at IS NULL
+  LEFT JOIN LATERAL (
+        SELECT m.id, m.user_id, m.created_at, m.content, m.lang
+          FROM messages m
+         WHERE m.chat_id = pg.id AND m.deleted_at IS NULL
+         ORDER BY m.seq DESC LIMIT 1) lm ON true
+ ORDER BY pg.updated_at DESC, pg.id DESC
+""" % {"chars": PREVIEW_MAX_CHARS * 2}
+
+_LIST_SQL = f"""
+WITH {_VISIBLE},
+page AS (
+    SELECT c.* FROM chats c JOIN vis ON vis.id = c.id
+     WHERE c.deleted_at IS NULL AND c.status = $4 AND ($5::text IS NULL OR c."group" = $5)
+     ORDER BY c.updated_at DESC, c.id DESC
+     LIMIT $6 OFFSET $7
+)
+{_DECORATE}
+"""
+
+
+_CHAT_NAME_SQL = """
+SELECT c.id FROM chats c
+ WHERE beseda_grams(c.name) @> $1::text[] AND beseda_norm(c.name) LIKE ALL ($2::text[])"""
+
+_PARTICIPANT_NAME_SQL = """
+SELECT DISTINCT p.chat_id FROM users u JOIN chat_participants p ON p.user_id = u.id
+ WHERE beseda_grams(u.name) @> $1::text[] AND beseda_norm(u.name) LIKE ALL ($2::text[])
+   AND p.left_at IS NULL AND p.user_id <> $3"""
+
+_MESSAGE_GRAMS_SQL = """
+SELECT COALESCE(array_agg(DISTINCT chat_id), '{}') AS chats, count(*) AS n FROM (
+    SELECT m.chat_id FROM messages m
+     WHERE beseda_grams(beseda_message_text(m.content)) @> $1::text[]
+       AND m.deleted_at IS NULL
+       AND beseda_norm(beseda_message_text(m.content)) LIKE ALL ($2::text[])
+     LIMIT $3) AS hit"""
+
+_MESSAGE_PER_CHAT_SQL = """
+SELECT v.id FROM unnest($1::bigint[]) AS v(id)
+ WHERE EXISTS (
+    SELECT 1 FROM messages m
+     WHERE m.chat_id = v.id AND m.deleted_at IS NULL
+       AND beseda_norm(beseda_message_text(m.content)) LIKE ALL ($2::text[]))"""
+
+
+async def _column(conn: asyncpg.Connection, sql: str, *args: Any) -> list[Any]:
+    return [r[0] for r in await conn.fetch(sql, *args)]
+
+
+def preview(text: str | None, limit: int = PREVIEW_MAX_CHARS) -> str | None:
+    """At most `limit` code points, cut between grapheme clusters."""
+    if text is None or len(text) <= limit:
+        return text
+    out: list[str] = []
+    used = 0
+    for g in _GRAPHEME.findall(text):
+        if used + len(g) > limit:
+            break
+        out.append(g)
+        used += len(g)
+    return "".join(out)
+
+
+def chat_item(r: Any) -> dict[str, Any]:
+    return {
+        "id": r["id"],
+        "name": r["name"],
+        "type": r["type"],
+        "group": r["group"],
+        "status": r["status"],
+        "order_id": r["order_id"],
+        "verification_id": r["verification_id"],
+        "metadata": r["metadata"],
+        "last_message": preview(r["lm_text"]),
+        "last_message_id": r["lm_id"],
+        "last_message_at": iso(r["lm_created_at"]),
+        "unread": r["unread"],
+        "created_at": iso(r["created_at"]),
+        "updated_at": iso(r["updated_at"]),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    user_id: int
+    role: str
+    refuse_demo: bool = False
+
+    @property
+    def is_manager(self) -> bool:
+        return self.role == "manager"
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    number: int
+    size: int
+
+    @property
+    def offset(self) -> int:
+        return (self.number - 1) * self.size
+
+
+class ChatList:
+    """Read-only queries behind the legacy endpoints."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def locale(self, conn: asyncpg.Connection, who: Viewer) -> str:
+        """The caller's locale; refuses a demo account (by its projection) where the
+        endpoint does, in the same round trip."""
+        row = await conn.fetchrow("SELECT locale, is_demo FROM users WHERE id = $1", who.user_id)
+        if row is not None and row["is_demo"] and who.refuse_demo:
+            raise Forbidden("demo accounts may not call this endpoint")
+        return str(row["locale"] if row is not None else self.store.default_lang)
+
+    async def list_chats(
+        self, who: Viewer, *, archived: bool, group: str | None, page: Page
+    ) -> tuple[list[dict[str, Any]], bool]:
+        async with self.store.connection() as conn:
+            loc = await self.locale(conn, who)
+            rows = await conn.fetch(
+                _LIST_SQL, who.user_id, who.is_manager, loc,
+                "archived" if archived else "active", group, page.size + 1, page.offset,
+            )
+        items = [chat_item(r) for r in rows[: page.size]]
+        return items, len(rows) > page.size
+
+    # -- search --------------------------------------------------------------------
+
+    async def search_ids(self, conn: asyncpg.Connection, who: Viewer, q: SearchQuery) -> list[int]:
+        """Visible chats matching the query, newest activity first (at most 1,000).
+
+        Each source is one indexed statement, intersected with the visible chats
+        here rather than in one join: the planner cannot estimate how many rows a
+        gram lookup returns (a common word matches a large share of all
+        messages), and a join planned for one row took seconds. Messages are
+        searched per visible chat when the caller sees few messages, else through
+        the gram index with a cap; past the cap (a very common term), per chat
+        again, where such a term is found at once.
+        """
+        vis_rows = await conn.fetch(
+            f"""WITH {_VISIBLE} SELECT c.id, c.last_seq FROM vis JOIN chats c ON c.id = vis.id
+                 WHERE c.deleted_at IS NULL""",
+            who.user_id, who.is_manager,
+        )
+        visible = {r["id"] for r in vis_rows}
+        if not visible:
+            return []
+        hits: set[int] = set()
+        if q.order_id is not None:
+            rows = await conn.fetch("SELECT id FROM chats WHERE order_id = $1", q.order_id)
+            hits.update(r["id"] for r in rows)
+        if q.indexable:
+            grams, patterns = list(q.grams), list(q.patterns)
+            hits.update(await _column(conn, _CHAT_NAME_SQL, grams, patterns))
+            hits.update(await _column(conn, _PARTICIPANT_NAME_SQL, grams, patterns, who.user_id))
+            candidates = list(visible - hits)
+            if candidates:
+                hits.update(await self._message_hits(conn, vis_rows, candidates, grams, patterns))
+        found = list(hits & visible)
+        if not found:
+            return []
+        rows = await conn.fetch(
+            f"""SELECT id FROM chats WHERE id = ANY($1::bigint[])
+                 ORDER BY updated_at DESC, id DESC LIMIT {SEARCH_MAX_CHATS}""",
+            found,
+        )
+        return [r["id"] for r in rows]
+
+    async def _message_hits(
+        self, conn: asyncpg.Connection, vis_rows: list[Any], candidates: list[int],
+        grams: list[str], patterns: list[str],
+    ) -> set[int]:
+        visible_messages = sum(r["last_seq"] for r in vis_rows)
+        if visible_messages > SEARCH_PER_CHAT_MAX_MESSAGES:
+            row = await conn.fetchrow(_MESSAGE_GRAMS_SQL, grams, patterns, SEARCH_INDEX_CAP)
+            if row["n"] < SEARCH_INDEX_CAP:
+                return set(row["chats"])
+        return set(await _column(conn, _MESSAGE_PER_CHAT_SQL, candidates, patterns))
+
+    async def items(
+        self, conn: asyncpg.Connection, who: Viewer, loc: str, ids: list[int]
+    ) -> list[dict[str, Any]]:
+        if not ids:
+            return []
+        rows = await conn.fetch(
+            f"WITH page AS (SELECT c.* FROM chats c WHERE c.id = ANY($2::bigint[])) {_DECORATE}",
+            who.user_id, ids, loc,
+        )
+        return [chat_item(r) for r in rows]
+
+    async def search(
+        self, who: Viewer, q: SearchQuery, page: Page
+    ) -> tuple[list[dict[str, Any]], bool]:
+        async with self.store.connection() as conn:
+            loc = await self.locale(conn, who)
+            ids = await self.search_ids(conn, who, q)
+            chosen = ids[page.offset : page.offset + page.size]
+            items = await self.items(conn, who, loc, chosen)
+        return items, len(ids) > page.offset + page.size
+
+    # -- orders (manager views) --------------------------------------------------------
+
+    async def _orders(
+        self, conn: asyncpg.Connection, who: Viewer, loc: str, chat_ids: list[int],
+        extra_orders: list[int],
+    ) -> list[dict[str, Any]]:
+        """Groups chats by order, newest activity first; orders the manager runs
+        with no visible chat yet are listed with an empty `chats`."""
+        items = await self.items(conn, who, loc, chat_ids)
+        order_ids = list(dict.fromkeys([i["order_id"] for i in items] + extra_orders))
+        known = {
+            r["id"]: r
+            for r in await conn.fetch(
+                "SELECT id, buyer_id, manager_id, fulfillment_id FROM orders WHERE id = ANY($1)",
+                [o for o in order_ids if o is not None],
+            )
+        }
+        groups: dict[int | None, list[dict[str, Any]]] = {o: [] for o in order_ids}
+        for item in items:
+            groups[item["order_id"]].append(item)
+        out = []
+        for order_id, chats in groups.items():
+            o = known.get(order_id) if order_id is not None else None
+            out.append(order_view(order_id, o, chats))
+        return out
+
+    async def manager_search(
+        self, who: Viewer, q: SearchQuery, page: Page
+    ) -> tuple[list[dict[str, Any]], bool]:
+        async with self.store.connection() as conn:
+            loc = await self.locale(conn, who)
+            ids = await self.search_ids(conn, who, q)
+            extra: list[int] = []
+            if q.order_id is not None:
+                managed = await conn.fetchval(
+                    "SELECT id FROM orders WHERE id = $1 AND manager_id = $2", q.order_id, who.user_id
+                )
+                if managed is not None:
+                    extra.append(managed)
+            orders = await self._orders(conn, who, loc, ids, extra)
+        chosen = orders[page.offset : page.offset + page.size]
+        return chosen, len(orders) > page.offset + page.size
+
+    async def manager_order(self, who: Viewer, order_id: int) -> dict[str, Any]:
+        async with self.store.connection() as conn:
+            loc = await self.locale(conn, who)
+            rows = await conn.fetch(
+                f"""WITH {_VISIBLE}
+                    SELECT c.id FROM chats c JOIN vis ON vis.id = c.id
+                     WHERE c.order_id = $3 AND c.deleted_at IS NULL
+                     ORDER BY c.updated_at DESC, c.id DESC""",
+                who.user_id, who.is_manager, order_id,
+            )
+            managed = await conn.fetchval(
+                "SELECT 1 FROM orders WHERE id = $1 AND manager_id = $2", order_id, who.user_id
+            )
+            if not rows and managed is None:
+                raise NotFound("order not found")
+            orders = await self._orders(conn, who, loc, [r["id"] for r in rows], [order_id])
+        return orders[0]
+
+    # -- one chat ------------------------------------------------------------------------
+
+    async def check_visible(self, who: Viewer, chat_id: int) -> None:
+        """NotFound unless the user sees the chat (archived counts, deleted does not)."""
+        async with self.store.connection() as conn:
+            found = await conn.fetchval(
+                f"""WITH {_VISIBLE}
+                    SELECT 1 FROM vis JOIN chats c ON c.id = vis.id AND c.deleted_at IS NULL
+                     WHERE vis.id = $3""",
+                who.user_id, who.is_manager, chat_id,
+            )
+        if found is None:
+            raise NotFound("chat not found")
+
+    async def chat_detail(self, who: Viewer, chat_id: int, messages: int = 50) -> dict[str, Any]:
+        async with self.store.connection() as conn:
+            loc = await self.locale(conn, who)
+            visible = await conn.fetchval(
+                f"""WITH {_VISIBLE}
+                    SELECT 1 FROM vis JOIN chats c ON c.id = vis.id AND c.deleted_at IS NULL
+                     WHERE vis.id = $3""",
+                who.user_id, who.is_manager, chat_id,
+            )
+            if visible is None:
+                raise NotFound("chat not found")
+            items = await self.items(conn, who, loc, [chat_id])
+            parts = await conn.fetch(
+                """SELECT p.user_id, p.role, u.name, u.role AS user_role, p.last_read_message_id,
+                          p.joined_at
+                     FROM chat_participants p LEFT JOIN users u ON u.id = p.user_id
+                    WHERE p.chat_id = $1 AND p.left_at IS NULL ORDER BY p.joined_at, p.user_id""",
+                chat_id,
+            )
+            rows = await conn.fetch(
+                f"""SELECT {MSG_COLS}, {ATTACHMENTS_COL} FROM messages m
+                     WHERE m.chat_id = $1 AND m.deleted_at IS NULL
+                     ORDER BY m.seq DESC LIMIT $2""",
+                chat_id, messages,
+            )
+        out = items[0]
+        out["participants"] = [
+            {
+                "user_id": p["user_id"],
+                "name": p["name"],
+                "role": p["role"],
+                "user_role": p["user_role"],
+                "last_read_message_id": p["last_read_message_id"],
+                "joined_at": iso(p["joined_at"]),
+            }
+            for p in parts
+        ]
+        out["messages"] = [message_out(r) for r in reversed(rows)]
+        return out
+
+
+def order_view(
+    order_id: int | None, order: Any, chats: list[dict[str, Any]]
+) -> dict[str, Any]:
+    fulfillment = order["fulfillment_id"] if order is not None else None
+    return {
+        "order_id": order_id,
+        "buyer_id": order["buyer_id"] if order is not None else None,
+        "manager_id": order["manager_id"] if order is not None else None,
+        "fulfillment_id": fulfillment if fulfillment is not None else FULFILLMENT_NONE,
+        "chats": chats,
+    }

@@ -1,0 +1,1 @@
+"""Translation off the hot path: providers, the durable queue and its worker."""
