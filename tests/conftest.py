@@ -164,3 +164,22 @@ async def world(node: Any, new_id: Any) -> AsyncIterator[Any]:
     w = World(node.dsn, node.settings, f"ws://127.0.0.1:{node.ws_port}/ws", new_id)
     yield w
     await w.close()
+
+
+@pytest.fixture
+async def world_with(node_factory: Any, new_id: Any) -> AsyncIterator[Any]:
+    """`await world_with(**Settings overrides)`: a node of its own and a World on it."""
+    from tests.helpers import World
+
+    worlds: list[World] = []
+
+    async def make(**overrides: Any) -> World:
+        node = await node_factory(**overrides)
+        w = World(node.dsn, node.settings, f"ws://127.0.0.1:{node.ws_port}/ws", new_id)
+        w.node = node  # type: ignore[attr-defined]
+        worlds.append(w)
+        return w
+
+    yield make
+    for w in worlds:
+        await w.close()

@@ -75,3 +75,24 @@ async def test_pipelined_sends_keep_seq_order_for_every_receiver(world):
     assert sorted(r["data"]["seq"] for r in replies) == list(range(1, 201))
     events = await wb.events_of("chat.message.new", 200)
     assert [e["data"]["seq"] for e in events] == list(range(1, 201))
+
+
+async def test_own_messages_are_read_and_others_count_as_unread(world):
+    """Sending moves the sender's read horizon; the other side's unread grows."""
+    a, b = await world.user(), await world.user()
+    chat = await world.chat([a, b])
+    wa, wb = await world.connect(a), await world.connect(b)
+    acks = [await wa.ok("message.send", send_data(chat, f"u{i}", f"m{i}")) for i in range(3)]
+    rows = await world.sql(
+        "SELECT user_id, last_read_seq, last_read_message_id FROM chat_participants "
+        "WHERE chat_id = $1", chat,
+    )
+    horizons = {r["user_id"]: (r["last_read_seq"], r["last_read_message_id"]) for r in rows}
+    assert horizons == {a: (3, acks[2]["id"]), b: (0, None)}
+    read = await wb.ok("message.read", {"chat_id": chat, "message_id": acks[1]["id"]})
+    assert read == {"chat_id": chat, "last_read_message_id": acks[1]["id"], "unread": 1}
+    status = await wa.event("chat.message.status")
+    while status["data"]["status"] == "delivered":  # a receipt may come first
+        status = await wa.event("chat.message.status")
+    assert status["data"] == {"chat_id": chat, "user_id": b, "status": "read",
+                              "message_id": acks[1]["id"]}

@@ -23,7 +23,7 @@ from .config import Settings
 from .embedded_pg import EmbeddedPostgres
 from .registry import Registry
 from .server import ChatServer
-from .store import Store
+from .store import REPLY_PAGE_BYTES, Store
 from .writer import BatchWriter
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,10 @@ class Node:
             **db.connect_kwargs(s),
         )
         self.store = Store(
-            self.pool, default_lang=s.default_lang, acquire_timeout_s=s.db_acquire_timeout_s
+            self.pool,
+            default_lang=s.default_lang,
+            acquire_timeout_s=s.db_acquire_timeout_s,
+            page_bytes=min(REPLY_PAGE_BYTES, s.send_queue_bytes // 4),
         )
         self.writer = BatchWriter(self.store, lanes=s.writer_lanes, max_batch=s.writer_max_batch)
         self.registry = Registry()

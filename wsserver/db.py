@@ -69,8 +69,12 @@ def connect_kwargs(settings: Settings) -> dict[str, Any]:
         "command_timeout": settings.db_statement_timeout_ms / 1000 + 5,
     }
     if settings.pgbouncer:
-        # pgbouncer in transaction mode: no named prepared statements survive.
+        # pgbouncer in transaction mode: no named prepared statements survive, and
+        # it refuses startup parameters it does not know (statement_timeout ...),
+        # so the statement timeout is enforced by the client (docs/limits.md).
         kwargs["statement_cache_size"] = 0
+        kwargs["server_settings"] = {"application_name": "beseda"}
+        kwargs["command_timeout"] = settings.db_statement_timeout_ms / 1000
     return kwargs
 
 
@@ -87,39 +91,43 @@ async def create_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
 
 
 async def migrate(dsn: str) -> list[str]:
-    """Apply pending migrations; returns the names applied by this call."""
+    """Apply pending migrations; returns the names applied by this call.
+
+    Each migration runs in its own transaction under a transaction-scoped advisory
+    lock, so concurrent migrators (and pgbouncer in transaction mode, where a
+    session lock could stay behind on a pooled server connection) are safe.
+    """
     applied_now: list[str] = []
-    conn = await asyncpg.connect(dsn)
+    # No statement cache: through pgbouncer named statements do not survive.
+    conn = await asyncpg.connect(dsn, statement_cache_size=0)
     try:
-        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
-        try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
             await conn.execute(
                 """CREATE TABLE IF NOT EXISTS schema_migrations (
                        name text PRIMARY KEY,
                        checksum text NOT NULL,
                        applied_at timestamptz NOT NULL DEFAULT now())"""
             )
-            done = {
-                r["name"]: r["checksum"]
-                for r in await conn.fetch("SELECT name, checksum FROM schema_migrations")
-            }
-            for name, text in migrations():
-                digest = hashlib.sha256(text.encode()).hexdigest()
-                if name in done:
-                    if done[name] != digest:
+        for name, text in migrations():
+            digest = hashlib.sha256(text.encode()).hexdigest()
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
+                done = await conn.fetchval(
+                    "SELECT checksum FROM schema_migrations WHERE name = $1", name
+                )
+                if done is not None:
+                    if done != digest:
                         log.warning("migrate.changed name=%s (applied version kept)", name)
                     continue
                 log.info("migrate.apply name=%s", name)
-                async with conn.transaction():
-                    await conn.execute(text)
-                    await conn.execute(
-                        "INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)",
-                        name,
-                        digest,
-                    )
-                applied_now.append(name)
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+                await conn.execute(text)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)",
+                    name,
+                    digest,
+                )
+            applied_now.append(name)
     finally:
         await conn.close()
     return applied_now

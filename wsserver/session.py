@@ -104,6 +104,11 @@ class Session:
         transport = ws.transport
         queued = self.unflushed + len(frame)
         if transport is not None:
+            if queued > self.queue_limit and self.unflushed:
+                # Frames coalesced this turn are not the peer's backlog: write them
+                # out first, and judge the socket by what it has not taken.
+                self.flush()
+                queued = len(frame)
             queued += transport.get_write_buffer_size()
         if queued > self.queue_limit:
             metrics.SLOW_CONSUMER_CLOSES.inc()

@@ -26,6 +26,9 @@ from .protocol import messages as m
 log = logging.getLogger(__name__)
 
 SYNC_PAGE = 500
+# Replies that page (history, chats.sync) stop early, with has_more, once they pass
+# this many bytes, so that one reply always fits a socket's bounded send queue.
+REPLY_PAGE_BYTES = 256 * 1024
 _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
 
 
@@ -118,6 +121,16 @@ def message_out(r: Any, attachments: list[dict[str, Any]] | None = None) -> m.Me
     )
 
 
+def fitting(items: Sequence[Any], budget: int) -> int:
+    """How many leading items fit in `budget` bytes once encoded (at least one)."""
+    used = 0
+    for n, item in enumerate(items):
+        used += len(m.encode(item))
+        if used > budget and n > 0:
+            return n
+    return len(items)
+
+
 def _content_json(lang: str, text: str | None) -> str:
     if not text:
         return "{}"
@@ -208,15 +221,27 @@ RETURNING c.id, c.last_seq - x.n AS seq0, c.rev - x.n AS rev0, now() AS created_
                  WHERE p.chat_id = c.id AND p.left_at IS NULL) AS members
 """
 
+# The sender has read what they sent: their read horizon moves with the insert, so
+# `unread` never counts a user's own messages.
 _INSERT_SQL = """
-INSERT INTO messages (id, chat_id, seq, rev, created_rev, user_id, type, content, lang,
-                      metadata, reply_to_id, message_key)
-SELECT t.id, t.chat_id, t.seq, t.rev, t.rev, t.user_id, t.type, t.content::jsonb, t.lang,
-       t.metadata::jsonb, t.reply_to_id, t.message_key
-  FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
-              $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[])
-       AS t(id, chat_id, seq, rev, user_id, type, content, lang, metadata, reply_to_id,
-            message_key)
+WITH ins AS (
+    INSERT INTO messages (id, chat_id, seq, rev, created_rev, user_id, type, content, lang,
+                          metadata, reply_to_id, message_key)
+    SELECT t.id, t.chat_id, t.seq, t.rev, t.rev, t.user_id, t.type, t.content::jsonb,
+           t.lang, t.metadata::jsonb, t.reply_to_id, t.message_key
+      FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
+                  $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[])
+           AS t(id, chat_id, seq, rev, user_id, type, content, lang, metadata,
+                reply_to_id, message_key)
+    RETURNING id, chat_id, seq, user_id
+)
+UPDATE chat_participants p
+   SET last_read_seq = x.seq, last_read_message_id = x.id, last_read_at = now(),
+       delivered_seq = GREATEST(p.delivered_seq, x.seq)
+  FROM (SELECT DISTINCT ON (chat_id, user_id) chat_id, user_id, seq, id
+          FROM ins WHERE user_id IS NOT NULL
+         ORDER BY chat_id, user_id, seq DESC) x
+ WHERE p.chat_id = x.chat_id AND p.user_id = x.user_id AND p.last_read_seq < x.seq
 """
 
 _CLAIM_ATTACHMENTS_SQL = """
@@ -255,9 +280,15 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
 
 class Store:
     def __init__(
-        self, pool: asyncpg.Pool, *, default_lang: str = "ru", acquire_timeout_s: float = 5.0
+        self,
+        pool: asyncpg.Pool,
+        *,
+        default_lang: str = "ru",
+        acquire_timeout_s: float = 5.0,
+        page_bytes: int = REPLY_PAGE_BYTES,
     ) -> None:
         self.pool = pool
+        self.page_bytes = page_bytes
         self.default_lang = default_lang
         self.acquire_timeout_s = acquire_timeout_s
 
@@ -551,7 +582,9 @@ class Store:
                     chat_id, after_seq, limit + 1,
                 )
                 has_more = len(rows) > limit
-                rows = rows[:limit]
+                msgs = [message_out(r) for r in rows[:limit]]
+                fit = fitting(msgs, self.page_bytes)
+                return m.HistoryAck(messages=msgs[:fit], has_more=has_more or fit < len(msgs))
             else:
                 bound = before_seq if before_seq is not None else 2**63 - 1
                 rows = await conn.fetch(
@@ -560,8 +593,12 @@ class Store:
                     chat_id, bound, limit + 1,
                 )
                 has_more = len(rows) > limit
-                rows = list(reversed(rows[:limit]))
-        return m.HistoryAck(messages=[message_out(r) for r in rows], has_more=has_more)
+                # newest first, so the page kept is the one next to the cursor
+                msgs = [message_out(r) for r in rows[:limit]]
+                fit = fitting(msgs, self.page_bytes)
+                return m.HistoryAck(
+                    messages=msgs[:fit][::-1], has_more=has_more or fit < len(msgs)
+                )
 
     async def sync(self, user_id: int, chats: Sequence[m.SyncChat]) -> m.SyncAck:
         out: list[m.SyncChatOut] = []
@@ -607,8 +644,10 @@ class Store:
             data["rev"] = e["rev"]
             changes.append((e["rev"], m.Change(type=e["type"], data=data)))
         changes.sort(key=lambda c: c[0])
-        has_more = len(changes) > SYNC_PAGE
         page = [c for _, c in changes[:SYNC_PAGE]]
+        fit = fitting(page, self.page_bytes)
+        has_more = len(changes) > SYNC_PAGE or fit < len(page)
+        page = page[:fit]
         return m.SyncChatOut(
             chat_id=chat_id, rev=chat["rev"], changes=page, has_more=has_more, reset=False
         )

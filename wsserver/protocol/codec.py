@@ -20,6 +20,8 @@ from . import messages as m
 _envelope_decoder = msgspec.json.Decoder(m.Envelope)
 _decoders = {name: msgspec.json.Decoder(cls) for name, cls in m.REQUEST_TYPES.items()}
 _LONE_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}|\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+# msgspec raises RecursionError past its nesting depth; that is the client's fault.
+_TOO_DEEP = "json nested too deeply"
 _ID_FIELD = re.compile(r'"id"\s*:\s*"((?:[^"\\]|\\.){0,64})"')
 
 
@@ -36,28 +38,34 @@ def _path(msg: str, root: str = "data") -> str:
     return msg.replace("`$.", "`").replace("`$`", "`envelope`")
 
 
+def _bad_text(value: str) -> bool:
+    if "\x00" in value:
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _find_bad_string(value: Any, path: str) -> str | None:
-    """The path of the first string holding U+0000 or a lone surrogate, if any."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            return path
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return path
-        return None
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if isinstance(k, str) and _find_bad_string(k, path) is not None:
-                return f"{path} (a key)"
-            found = _find_bad_string(v, f"{path}.{k}")
-            if found:
-                return found
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            found = _find_bad_string(v, f"{path}[{i}]")
-            if found:
-                return found
+    """The path of the first string holding U+0000 or a lone surrogate, if any.
+
+    Walks with an explicit stack: a frame may nest as deep as the decoder allows."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if _bad_text(item):
+                return where
+        elif isinstance(item, dict):
+            for k, v in reversed(list(item.items())):
+                stack.append((v, f"{where}.{k}"))
+            for k in item:
+                if isinstance(k, str) and _bad_text(k):
+                    return f"{where} (a key)"
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in reversed(list(enumerate(item))))
     return None
 
 
@@ -65,11 +73,13 @@ def _invalid_string_error(frame: str | bytes) -> BadRequest | None:
     """Names the field with U+0000 or a lone surrogate (slow path, errors only)."""
     try:
         loose = json.loads(frame)
+        if not isinstance(loose, dict):
+            return None
+        found = _find_bad_string(loose, "")
     except ValueError:
         return None
-    if not isinstance(loose, dict):
-        return None
-    found = _find_bad_string(loose, "")
+    except RecursionError:
+        return BadRequest(_TOO_DEEP)
     if found is None:
         return None
     field = found.lstrip(".")
@@ -94,6 +104,8 @@ def decode_request(
 ) -> tuple[str, str | None, msgspec.Struct]:
     try:
         env = _envelope_decoder.decode(frame)
+    except RecursionError:
+        raise BadRequest(_TOO_DEEP) from None
     except msgspec.ValidationError as exc:
         raise BadRequest(_path(str(exc), root="")) from None
     except msgspec.DecodeError:
@@ -105,6 +117,8 @@ def decode_request(
         raise BadRequest(f"unknown type `{env.type[:64]}`")
     try:
         payload = decoder.decode(env.data)
+    except RecursionError:
+        raise BadRequest(_TOO_DEEP) from None
     except msgspec.ValidationError as exc:
         raise BadRequest(_path(str(exc))) from None
     except msgspec.DecodeError:
