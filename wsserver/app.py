@@ -102,7 +102,10 @@ class Node:
         if self.settings.redis_url:
             from .bus.redis import RedisBus  # the multi-node path
 
-            return RedisBus(self.settings.redis_url, self.registry, self.node_id)
+            return RedisBus(
+                self.settings.redis_url, self.registry, self.node_id,
+                settings=self.settings, store=self.store,
+            )
         return MemoryBus(self.registry)
 
     async def _start_http(self) -> None:

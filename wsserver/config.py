@@ -71,6 +71,13 @@ class Settings:
     default_lang: str = "ru"
     drain_timeout_s: float = 10.0
     ready_timeout_s: float = 2.0
+
+    # scale-out (REDIS_URL set): docs/scale.md
+    redis_cluster: bool = False
+    redis_heartbeat_s: float = 1.0
+    redis_node_ttl_s: float = 5.0
+    order_hold_s: float = 0.15
+    order_lookback_s: float = 3.0
     log_level: str = "INFO"
 
     # REST adapter: attachments and translation (docs/rest.md, docs/translation.md)
@@ -127,6 +134,11 @@ class Settings:
             default_lang=e("BESEDA_DEFAULT_LANG", "ru"),
             drain_timeout_s=_env_float("BESEDA_DRAIN_TIMEOUT_S", 10.0),
             ready_timeout_s=_env_float("BESEDA_READY_TIMEOUT_S", 2.0),
+            redis_cluster=_env_bool("BESEDA_REDIS_CLUSTER", False),
+            redis_heartbeat_s=_env_float("BESEDA_REDIS_HEARTBEAT_S", 1.0),
+            redis_node_ttl_s=_env_float("BESEDA_REDIS_NODE_TTL_S", 5.0),
+            order_hold_s=_env_float("BESEDA_ORDER_HOLD_S", 0.15),
+            order_lookback_s=_env_float("BESEDA_ORDER_LOOKBACK_S", 3.0),
             log_level=e("BESEDA_LOG_LEVEL", "INFO"),
             max_upload_bytes=_env_int("BESEDA_MAX_UPLOAD_BYTES", 25 * 1024 * 1024),
             url_secret=e("BESEDA_URL_SECRET") or None,

@@ -119,6 +119,21 @@ BUS_PUBLISH_SECONDS = Histogram(
     "beseda_bus_publish_seconds", "Bus publish latency", buckets=_LATENCY_BUCKETS
 )
 BUS_ERRORS = Counter("beseda_bus_errors_total", "Bus errors by kind", ["kind"])
+ORDER_EVENTS = Counter(
+    "beseda_order_events_total",
+    "Hold-back results for chat.message.new across nodes",
+    ["result"],
+)
+BUS_MESSAGES = Counter(
+    "beseda_bus_messages_total",
+    "Cross-node bus envelopes, sent (out) or received (in)",
+    ["kind"],
+)
+BUS_RESYNC_CLOSES = Counter(
+    "beseda_bus_resync_closes_total",
+    "Sockets closed with 1012 because they may have missed cross-node events",
+)
+BUS_UP = Gauge("beseda_bus_up", "1 while the node reaches Redis, else 0")
 
 # -- translation (set by the translation worker) -----------------------------------------------
 

@@ -93,6 +93,7 @@ class ChatServer:
         self.limits = Limits(settings.max_text_bytes, settings.max_metadata_bytes)
         self.presence = MemoryPresence(settings.typing_ttl_s, self._typing_lapsed)
         self.receipts = DeliveryTracker(store, bus)
+        bus.on_message = self.receipts.note
         self.limiter = ConnectionLimiter(settings.max_connections_per_ip)
         self._server: WsServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -171,7 +172,9 @@ class ChatServer:
 
     # -- handshake ---------------------------------------------------------------
 
-    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(
+        self, conn: ServerConnection, request: Request
+    ) -> Response | None:
         path = urlsplit(request.path).path
         if path != "/ws":
             return _json_response(http.HTTPStatus.NOT_FOUND, "not_found", "no such endpoint")
@@ -197,6 +200,13 @@ class ChatServer:
             return _json_response(http.HTTPStatus.UNAUTHORIZED, "unauthorized", exc.message)
         if self.registry.connections_of(identity.user_id) >= self.settings.max_connections_per_user:
             return self._refuse_limited(conn, "connections_user", "too many connections")
+        # Routed to this node before the 101: anything committed after it reaches us.
+        await self.bus.attach(identity.user_id)
+        if not self.accepting:
+            self.bus.detach(identity.user_id)
+            return _json_response(
+                http.HTTPStatus.SERVICE_UNAVAILABLE, "unavailable", "node is draining"
+            )
         conn.identity = identity  # type: ignore[attr-defined]
         conn.peer_ip = ip  # type: ignore[attr-defined]
         return None
@@ -252,6 +262,7 @@ class ChatServer:
         if session.expiry_timer is not None:
             session.expiry_timer.cancel()
         self.registry.remove(session)
+        self.bus.detach(session.user_id)
         metrics.CONNECTIONS_OPEN.dec()
         for chat_id in list(session.typing):
             if self.presence.stop_typing(chat_id, session.user_id):
@@ -390,14 +401,18 @@ class ChatServer:
         metrics.SEND_TO_ACK.observe(time.perf_counter() - item.received_at)
         if result.duplicate:
             return
-        reached = self.bus.publish_users(result.members, frame, session.conn_id, "message")
+        reached = self.bus.publish_users(
+            result.members, frame, session.conn_id, "message", (msg.chat_id, msg.seq, msg.user_id)
+        )
         metrics.COMMIT_TO_DELIVERY.observe(time.perf_counter() - committed)
         self.receipts.note(msg.chat_id, msg.seq, msg.user_id, reached)
 
     def deliver_message(self, msg: m.MessageOut, members: list[int], exclude: str | None = None) -> None:
         """Fan-out of a message stored outside the socket path (internal API)."""
         frame = m.event_frame("chat.message.new", msg)
-        reached = self.bus.publish_users(members, frame, exclude, "message")
+        reached = self.bus.publish_users(
+            members, frame, exclude, "message", (msg.chat_id, msg.seq, msg.user_id)
+        )
         self.receipts.note(msg.chat_id, msg.seq, msg.user_id, reached)
 
     # -- other requests ------------------------------------------------------------
@@ -477,9 +492,11 @@ class ChatServer:
             if session.closing:
                 return m.SubscribeAck(typing=[], online=[])
             self.registry.subscribe(session, p.chat_id)
+            await self.bus.watch_chat(p.chat_id)
             members = await self.store.members(p.chat_id)
             online = await self.bus.online(members)
-            typing = [u for u in self.presence.typing(p.chat_id) if u != session.user_id]
+            typists = set(self.presence.typing(p.chat_id)) | set(self.bus.typing(p.chat_id))
+            typing = sorted(u for u in typists if u != session.user_id)
             return m.SubscribeAck(typing=typing, online=online)
 
         self._spawn(session, req_id, "chat.subscribe", work())
@@ -506,6 +523,8 @@ class ChatServer:
             session.typing.add(chat_id)
             if self.presence.start_typing(chat_id, session.user_id):
                 self._publish_typing(chat_id, session.user_id, True, session.conn_id)
+            else:  # keeps other nodes' view of the typist alive
+                self._publish_typing(chat_id, session.user_id, True, session.conn_id, True)
         else:
             session.typing.discard(chat_id)
             if self.presence.stop_typing(chat_id, session.user_id):
@@ -517,11 +536,14 @@ class ChatServer:
             s.typing.discard(chat_id)
         self._publish_typing(chat_id, user_id, False, None)
 
-    def _publish_typing(self, chat_id: int, user_id: int, typing: bool, exclude: str | None) -> None:
+    def _publish_typing(
+        self, chat_id: int, user_id: int, typing: bool, exclude: str | None,
+        renew: bool = False,
+    ) -> None:
         frame = m.event_frame(
             "chat.user.typing", m.TypingOut(chat_id=chat_id, user_id=user_id, typing=typing)
         )
-        self.bus.publish_chat(chat_id, frame, exclude)
+        self.bus.publish_chat(chat_id, frame, exclude, (user_id, typing), renew)
 
     def _on_refresh(self, session: Session, req_id: str | None, p: m.AuthRefresh) -> None:
         try:
