@@ -260,7 +260,7 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
         if conn is not None and not conn.is_closed():
             await conn.close()
         if embedded is not None:
-            embedded.stop()
+            embedded.release()
 
 
 _END = object()

@@ -139,6 +139,8 @@ async def body(request: Request, kind: type[T], *, max_bytes: int = 64 * 1024) -
         raise BadRequest(_field_message(str(exc))) from None
     except msgspec.DecodeError:
         raise BadRequest("body is not valid JSON") from None
+    except RecursionError:
+        raise BadRequest("body json nested too deeply") from None
     check_text(value)
     return value
 

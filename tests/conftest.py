@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -72,6 +73,7 @@ def pg() -> Iterator[PgHandle]:
         yield PgHandle(server.dsn, server)
     finally:
         server.stop(mode="immediate")
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -98,8 +100,17 @@ async def create_database(pg: PgHandle, template: str) -> str:
 
 @pytest.fixture
 async def fresh_db(pg: PgHandle, template_db: str) -> AsyncIterator[str]:
-    """A DSN of a new, migrated, empty database for this test alone."""
-    yield await create_database(pg, template_db)
+    """A DSN of a new, migrated, empty database for this test alone, dropped after it
+    (a full run would otherwise leave gigabytes behind)."""
+    dsn = await create_database(pg, template_db)
+    yield dsn
+    name = dsn.rsplit("/", 1)[1]
+    with contextlib.suppress(Exception):
+        conn = await asyncpg.connect(pg.admin_dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
 
 
 @pytest.fixture(scope="session")

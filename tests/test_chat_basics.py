@@ -96,3 +96,17 @@ async def test_own_messages_are_read_and_others_count_as_unread(world):
         status = await wa.event("chat.message.status")
     assert status["data"] == {"chat_id": chat, "user_id": b, "status": "read",
                               "message_id": acks[1]["id"]}
+
+
+async def test_another_senders_message_key_is_a_conflict_not_a_duplicate(world):
+    """Keys are unique per chat; reusing someone else's key is refused, not merged."""
+    a, b = await world.user(), await world.user()
+    chat = await world.chat([a, b])
+    wa, wb = await world.connect(a), await world.connect(b)
+    first = await wa.ok("message.send", send_data(chat, "k-1", "from a"))
+    reply = await wb.request("message.send", send_data(chat, "k-1", "from b"))
+    assert reply["type"] == "error" and reply["error"]["code"] == "conflict"
+    again = await wa.ok("message.send", send_data(chat, "k-1", "from a again"))
+    assert again["duplicate"] is True and again["id"] == first["id"]
+    rows = await world.sql("SELECT count(*) AS n FROM messages WHERE chat_id = $1", chat)
+    assert rows[0]["n"] == 1

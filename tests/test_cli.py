@@ -57,3 +57,40 @@ async def test_migrate_and_chat_create_against_database_url(fresh_db, tmp_path):
     chat = json.loads(out.stdout)
     assert chat["name"] == "Заказ 7" and chat["order_id"] == 7 and chat["group"] == "order"
     assert chat["participants"] == [{"user_id": 10, "role": "owner"}, {"user_id": 11, "role": "member"}]
+
+
+async def test_cli_commands_leave_a_running_servers_embedded_database_up(tmp_path):
+    """`chat create` and `migrate` beside `beseda serve` (embedded PostgreSQL, same
+    data folder) must not stop the server's database."""
+    import asyncio
+
+    import httpx
+
+    from tests.helpers import ServerProcess, WsClient
+    from wsserver.auth import mint
+    from wsserver.config import Settings
+
+    settings = Settings(data_dir=tmp_path / "data", jwt_secret="s" * 40)
+    server = ServerProcess("", settings)
+    server.env.pop("DATABASE_URL", None)
+    await server.start(timeout=120)
+    try:
+        env = {"BESEDA_DATA_DIR": str(settings.data_dir), "BESEDA_JWT_SECRET": "s" * 40,
+               "DATABASE_URL": ""}
+        made = await asyncio.to_thread(
+            _beseda, ["chat", "create", "--group", "order", "--type", "private",
+                      "--users", "1:owner,2:member"], env)
+        assert made.returncode == 0, made.stderr
+        assert (await asyncio.to_thread(_beseda, ["migrate"], env)).returncode == 0
+        async with httpx.AsyncClient() as http:
+            ready = await http.get(f"http://127.0.0.1:{server.http_port}/readyz")
+        assert ready.status_code == 200, ready.text
+        client = await WsClient.connect(server.ws_url, mint(settings, 1, "buyer"))
+        try:
+            ack = await client.ok("message.send", {
+                "chat_id": json.loads(made.stdout)["id"], "message_key": "k", "text": "ok"})
+            assert ack["seq"] == 1
+        finally:
+            await client.close()
+    finally:
+        await server.stop()

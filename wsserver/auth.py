@@ -130,6 +130,8 @@ def _identity(claims: dict[str, Any]) -> Identity:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub.isdigit() or not sub.isascii():
         raise Unauthorized("invalid subject")
+    if sub != str(int(sub)):  # "01" and "1" must not name one user two ways
+        raise Unauthorized("invalid subject")
     user_id = int(sub)
     if user_id > _MAX_ID:
         raise Unauthorized("invalid subject")

@@ -54,7 +54,7 @@ async def _serve(settings: Settings) -> int:
     log.info("node.draining timeout_s=%s", settings.drain_timeout_s)
     await node.stop()
     if node.embedded_pg is not None:
-        node.embedded_pg.stop()
+        node.embedded_pg.release()
     return 0
 
 
@@ -65,7 +65,7 @@ async def _migrate(settings: Settings) -> int:
         print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
     finally:
         if pg is not None:
-            pg.stop()
+            pg.release()
     return 0
 
 
@@ -107,7 +107,7 @@ async def _chat_create(settings: Settings, args: argparse.Namespace) -> int:
             await pool.close()
     finally:
         if pg is not None:
-            pg.stop()
+            pg.release()
     print(json.dumps(chat, ensure_ascii=False))
     return 0
 
@@ -157,8 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         return int(_run(_migrate(settings)))
     if args.command == "token":
-        if not args.sub.isdigit():
-            raise SystemExit("beseda: --sub must be a decimal user id")
+        if not (args.sub.isascii() and args.sub.isdigit()) or args.sub != str(int(args.sub)):
+            raise SystemExit("beseda: --sub must be a decimal user id without leading zeros")
+        if args.ttl <= 0:
+            raise SystemExit("beseda: --ttl must be a positive number of seconds")
         print(mint(settings, args.sub, args.role, demo=args.demo, ttl_s=args.ttl))
         return 0
     if args.command == "chat":

@@ -58,6 +58,9 @@ class EmbeddedPostgres:
         self._port_file = self.root / "pg.port"
         self.port = port or self._remembered_port()
         self._as_root = hasattr(os, "geteuid") and os.geteuid() == 0
+        # Set when this handle started the server: only then may `release` stop it,
+        # so a CLI command run beside `beseda serve` leaves the server's database up.
+        self.started_here = False
 
     def _remembered_port(self) -> int:
         try:
@@ -147,6 +150,7 @@ class EmbeddedPostgres:
         self.init()
         if self._running():
             log.info("embedded_pg.already_running port=%s", self.port)
+            self.started_here = False
             return
         if not _port_free(self.port):
             self.port = free_port()
@@ -165,6 +169,7 @@ class EmbeddedPostgres:
             timeout=90,
         )
         self._wait_ready()
+        self.started_here = True
 
     def _wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -175,6 +180,11 @@ class EmbeddedPostgres:
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError(f"embedded postgres did not listen on {self.port}")
+
+    def release(self) -> None:
+        """Stops the server if this handle started it; leaves anyone else's running."""
+        if self.started_here:
+            self.stop()
 
     def stop(self, mode: str = "fast") -> None:
         if not self._running():

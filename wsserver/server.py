@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http
+import inspect
 import logging
 import time
 from collections.abc import Awaitable
@@ -41,13 +42,14 @@ from .protocol import messages as m
 from .protocol.codec import Limits, decode_request, peek_id
 from .receipts import DeliveryTracker
 from .registry import Registry
-from .session import Session
+from .session import HEAVY_IN_FLIGHT, Session
 from .store import SendResult, SendRow, Store
 from .writer import BatchWriter, PendingSend
 
 log = logging.getLogger(__name__)
 
 MEMBERSHIP_TTL_S = 30.0
+HEAVY_KINDS = frozenset({"messages.history", "chats.sync"})
 CLOSE_WAIT_S = 10.0  # past websockets' close_timeout (5 s)
 
 
@@ -137,7 +139,9 @@ class ChatServer:
             extensions=extensions,
             max_size=s.max_frame_bytes,
             max_queue=16,
-            write_limit=s.send_queue_bytes,
+            # The transport counts as paused past half the send queue: large reads
+            # then wait for the peer to take what it was sent (ChatServer._gated).
+            write_limit=s.send_queue_bytes // 2,
             ping_interval=s.ping_interval_s,
             ping_timeout=s.ping_timeout_s,
             close_timeout=5,
@@ -344,12 +348,31 @@ class ChatServer:
     def _spawn(
         self, session: Session, req_id: str | None, kind: str, work: Awaitable[Any]
     ) -> None:
+        if kind in HEAVY_KINDS:
+            work = self._gated(session, work)
         session.pending += 1
         task = asyncio.get_running_loop().create_task(
             self._run(session, req_id, kind, work)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _gated(session: Session, work: Awaitable[Any]) -> Any:
+        """Large reads (history, sync pages) run a few at a time per socket, each
+        only once the socket has taken most of what it was already sent, so a
+        client pipelining many of them is paced instead of shed."""
+        if session.heavy is None:
+            session.heavy = asyncio.Semaphore(HEAVY_IN_FLIGHT)
+        try:
+            async with session.heavy:
+                ws = session.ws
+                if ws.paused and not session.closing:
+                    await ws.drain()
+                return await work
+        finally:
+            if inspect.iscoroutine(work) and inspect.getcoroutinestate(work) == "CORO_CREATED":
+                work.close()
 
     async def _run(
         self, session: Session, req_id: str | None, kind: str, work: Awaitable[Any]

@@ -23,6 +23,8 @@ from .errors import CLOSE_REASONS, CloseCode
 log = logging.getLogger(__name__)
 
 _conn_counter = itertools.count(1)
+REPLY_ROOM = 4  # replies may use this many send-queue sizes before the socket is shed
+HEAVY_IN_FLIGHT = 4  # history/sync requests of one socket served at once
 _OPEN = State.OPEN
 _EVENTS_SENT = {kind: metrics.EVENTS_SENT.labels(kind=kind) for kind in
                 ("ack", "error", "event", "message", "typing", "status")}
@@ -67,7 +69,7 @@ class Session:
     __slots__ = (
         "ws", "conn_id", "identity", "opened_at", "subscriptions", "typing",
         "member_until", "pending", "bucket", "violations", "bad_frames",
-        "expiry_timer", "closing", "close_task", "queue_limit", "unflushed", "__weakref__",
+        "expiry_timer", "closing", "close_task", "heavy", "queue_limit", "unflushed", "__weakref__",
     )
 
     def __init__(
@@ -88,6 +90,7 @@ class Session:
         self.expiry_timer: asyncio.TimerHandle | None = None
         self.closing = False
         self.close_task: asyncio.Task[None] | None = None
+        self.heavy: asyncio.Semaphore | None = None  # made on the first large read
         self.queue_limit = queue_limit
         self.unflushed = 0
 
@@ -110,7 +113,11 @@ class Session:
                 self.flush()
                 queued = len(frame)
             queued += transport.get_write_buffer_size()
-        if queued > self.queue_limit:
+        # Replies to this socket's own requests are paced by the server (large
+        # reads wait for the socket to drain, see ChatServer._gated), so they get
+        # more room before the socket counts as a slow consumer; events do not.
+        limit = self.queue_limit * REPLY_ROOM if kind in ("ack", "error") else self.queue_limit
+        if queued > limit:
             metrics.SLOW_CONSUMER_CLOSES.inc()
             log.info("conn.slow_consumer conn=%s user=%s", self.conn_id, self.user_id)
             self.flush()

@@ -183,10 +183,12 @@ SELECT q.*,
   FROM (
     SELECT i.idx,
            CASE
-               WHEN d.id IS NOT NULL THEN 'duplicate'
                WHEN c.id IS NULL OR c.deleted_at IS NOT NULL THEN 'not_found'
                WHEN i.check_member AND (p.user_id IS NULL OR p.left_at IS NOT NULL)
                    THEN 'not_found'
+               WHEN d.id IS NOT NULL AND d.user_id IS NOT DISTINCT FROM i.user_id
+                   THEN 'duplicate'
+               WHEN d.id IS NOT NULL THEN 'key_taken'
                WHEN c.status <> 'active' THEN 'archived'
                WHEN i.reply_to_id IS NOT NULL AND r.id IS NULL THEN 'bad_reply'
                ELSE 'ok'
@@ -255,6 +257,7 @@ RETURNING a.id, a.message_id, a.type, a.mime_type, a.size, a.name, a.status, a.m
 _VERDICT_ERRORS: dict[str, BesedaError] = {
     "not_found": NotFound("chat not found"),
     "archived": Conflict("chat is archived"),
+    "key_taken": Conflict("message_key is already used in this chat by another sender"),
     "bad_reply": BadRequest("`data.reply_to_id` is not a message of this chat"),
 }
 

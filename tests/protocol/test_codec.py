@@ -145,3 +145,11 @@ def test_peek_id_echoes_an_overlong_id_so_the_error_can_be_matched():
     with pytest.raises(BadRequest):
         decode_request(frame("message.send", {}, rid=rid), LIMITS)
     assert peek_id(frame("message.send", {}, rid=rid)) == rid
+
+
+def test_peek_id_drops_an_id_that_cannot_be_echoed():
+    """A lone surrogate in `id` cannot go back out as UTF-8: the error carries no id."""
+    raw = '{"type":"message.send","id":"\\ud800","data":{}}'
+    with pytest.raises(BadRequest):
+        decode_request(raw, LIMITS)
+    assert peek_id(raw) is None

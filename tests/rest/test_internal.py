@@ -200,3 +200,19 @@ async def test_messages_list_and_statuses(api, world):
     assert out["data"][0]["status"] in ("delivered", None)
     st, out = await api.service("GET", "/messages/999999999/statuses")
     assert st == 404
+
+
+async def test_deeply_nested_json_bodies_are_bad_requests_not_500(api, world):
+    """A 30 KB body nested 5,000 deep answers 400 on every JSON endpoint."""
+    nested = '{"a":' * 5000 + "1" + "}" * 5000
+    a = await world.user()
+    for method, path, token in (
+        ("POST", "/api/v1/chat-message", world.token(a)),
+        ("POST", "/internal/v1/chats", api.service_token()),
+        ("PUT", f"/internal/v1/users/{a}", api.service_token()),
+    ):
+        st, body = await api.call(
+            method, path, token, content=nested, headers={"Content-Type": "application/json"}
+        )
+        assert st == 400, (path, st, body)
+        assert body["error"]["code"] == "bad_request"

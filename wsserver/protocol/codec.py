@@ -96,7 +96,8 @@ def peek_id(frame: str | bytes) -> str | None:
         return None
     try:
         value = json.loads(f'"{found.group(1)}"')
-    except ValueError:
+        value.encode("utf-8")  # a lone surrogate cannot be echoed back
+    except (ValueError, UnicodeEncodeError):
         return None
     return value if isinstance(value, str) else None
 
