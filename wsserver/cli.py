@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import signal
@@ -41,7 +42,20 @@ async def _serve(settings: Settings) -> int:
     from .app import Node
 
     node = Node(settings)
-    await node.start()
+    try:
+        await node.start()
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        if node.embedded_pg is not None:
+            node.embedded_pg.release()
+        print(
+            f"beseda: a port is already in use ({settings.host}: ws {settings.ws_port}, "
+            f"http {settings.http_port}); is another `beseda serve` running? "
+            "Pick others with --ws-port/--http-port.",
+            file=sys.stderr,
+        )
+        return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
