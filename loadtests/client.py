@@ -338,7 +338,7 @@ class LoadClient:
         return [p.pid for p in self.procs]
 
     def _all(self, cmds: list[dict[str, Any]], timeout: float = 120.0) -> list[dict[str, Any]]:
-        for pipe, cmd in zip(self.pipes, cmds):
+        for pipe, cmd in zip(self.pipes, cmds, strict=False):
             pipe.send(cmd)
         out = []
         for pipe in self.pipes:

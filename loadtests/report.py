@@ -171,7 +171,7 @@ def _markdown(r: dict[str, Any], name: str, pngs: list[Path]) -> str:
             else:
                 a("| self % | function | | inclusive % | function |")
                 a("|---:|---|---|---:|---|")
-                for (fs, ps), (fi, pi) in zip(prof["self"], prof["inclusive"]):
+                for (fs, ps), (fi, pi) in zip(prof["self"], prof["inclusive"], strict=False):
                     a(f"| {ps} | `{fs}` | | {pi} | `{fi}` |")
                 a("")
     a("## Definitions\n")
@@ -284,7 +284,7 @@ def _plots(r: dict[str, Any], out: Path, name: str) -> list[Path]:
     paths: list[Path] = []
 
     fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5), squeeze=False)
-    for ax, g in zip(axes[0], groups):
+    for ax, g in zip(axes[0], groups, strict=False):
         top, low = 1.0, float("inf")
         for s in [x for x in scen if x["group"] == g]:
             st = sorted(s["steps"], key=lambda x: x["offered_rate"])

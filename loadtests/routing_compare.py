@@ -94,7 +94,7 @@ async def run_variant(
             pipe = r.pipeline(transaction=False)
             for u in users:
                 pipe.hkeys(f"bs:u:{{{u}}}")
-            nodes_of = dict(zip(users, await pipe.execute()))
+            nodes_of = dict(zip(users, await pipe.execute(), strict=False))
             per_node: dict[bytes, list[Any]] = {}
             for a, b in batch:
                 targets: dict[bytes, list[int]] = {}

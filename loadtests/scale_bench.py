@@ -451,7 +451,7 @@ class Bench:
             ib["total_net_output_bytes"]
         )
         redis_cpu = float(ia["used_cpu_sys"]) + float(ia["used_cpu_user"]) - rcpu_b
-        node_cpu = [x - y for x, y in zip(cpu_a, cpu_b)]
+        node_cpu = [x - y for x, y in zip(cpu_a, cpu_b, strict=False)]
         deliveries = len(self.same_lat) + len(self.cross_lat)
         cross_chats = sum(1 for c in chats if c["cross"])
         ms = 1000.0
@@ -513,7 +513,7 @@ class Bench:
                 "cpu_us_per_message": sum(node_cpu) * 1e6 / max(1, sent),
                 "rss_bytes_per_socket": [
                     (after - before) / max(1, sum(1 for c in clients if c.node == n.i))
-                    for n, before, after in zip(nodes, rss_b, rss_a)
+                    for n, before, after in zip(nodes, rss_b, rss_a, strict=False)
                 ],
             },
             "postgres": {

@@ -208,10 +208,10 @@ class Target(ABC):
         self.profile_path: Path | None = None
         self.runs = 0
 
-    def setup(self) -> None:
+    def setup(self) -> None:  # noqa: B027
         """Start what lives for the whole run (database, bus)."""
 
-    def teardown(self) -> None:
+    def teardown(self) -> None:  # noqa: B027
         """Stop what `setup` started."""
 
     @abstractmethod

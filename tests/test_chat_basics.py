@@ -27,7 +27,7 @@ async def test_two_users_exchange_multilingual_text_byte_exact(world):
 
     rows = await world.sql("SELECT content, lang FROM messages WHERE chat_id = $1 ORDER BY seq", chat)
     assert [r["content"] for r in rows] == [
-        __import__("json").dumps({r["lang"]: t}, ensure_ascii=False) for r, t in zip(rows, TEXTS)
+        __import__("json").dumps({r["lang"]: t}, ensure_ascii=False) for r, t in zip(rows, TEXTS, strict=False)
     ]
     assert [r["lang"] for r in rows[:2]] == ["ru", "zh"]
 

@@ -155,7 +155,7 @@ class BatchWriter:
         metrics.WRITER_BATCH_SIZE.observe(len(unique))
         metrics.WRITER_BATCH_SECONDS.observe(committed - started)
 
-        for item, result in zip(unique, results):
+        for item, result in zip(unique, results, strict=False):
             metrics.SEND_TO_COMMIT.observe(committed - item.received_at)
             self._finish(item, result, committed)
         for item, at in followers:

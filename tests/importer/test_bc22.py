@@ -143,7 +143,7 @@ async def test_overlapping_exports_give_each_message_once(fresh_db: str, tmp_pat
         assert len({r["external_id"] for r in rows}) == 150
         assert all(r["external_id"] == r["message_key"] == sid("IM", i)
                    for i, r in enumerate(rows))
-        for i, (r, meta) in enumerate(zip(rows, metas)):
+        for i, (r, meta) in enumerate(zip(rows, metas, strict=False)):
             kind = i % 25
             content = json.loads(r["content"])
             want = body_for(i)

@@ -161,7 +161,7 @@ async def test_chat_message_stores_translations_on_an_existing_message(translate
     a, b = await world.user(), await world.user()
     chat = await world.chat([a, b])
     provider.down = True
-    wa, wb = await world.connect(a), await world.connect(b)
+    wa, _wb = await world.connect(a), await world.connect(b)
     ack = await wa.ok("message.send", send_data(chat, "ex-1", "这是一个测试订单"))
     req = {"original_text": "这是一个测试订单", "message_key": "ex-1", "chat_id": chat}
     st, body = await api.call("POST", "/api/v1/chat-message", world.token(b), json=req)

@@ -275,7 +275,7 @@ def valkey_cluster() -> Iterator[str]:
             server.start()
             servers.append(server)
         slots = [(0, 5460), (5461, 10922), (10923, 16383)]
-        for server, (lo, hi) in zip(servers, slots):
+        for server, (lo, hi) in zip(servers, slots, strict=False):
             assert (
                 _command(server.port, "CLUSTER", "ADDSLOTSRANGE", lo, hi) == b"+OK\r\n"
             )

@@ -89,8 +89,8 @@ async def test_every_socket_sees_seq_order_with_concurrent_senders_on_three_node
             for j in range(per_sender):
                 if rng.random() < 0.3:
                     await asyncio.sleep(0.002)
-                ack = await sockets[u][0].ok(
-                    "message.send", send_data(chat, f"{r}-{i}-{j}", "x")
+                ack = await sockets[u][0].ok(  # noqa: B023
+                    "message.send", send_data(chat, f"{r}-{i}-{j}", "x")  # noqa: B023
                 )
                 out.append(ack["seq"])
             return out

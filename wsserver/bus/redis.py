@@ -421,7 +421,7 @@ class RedisBus:
             pipe = self.redis.pipeline(transaction=False)
             for uid in users:
                 pipe.hkeys(key_user(uid))
-            for uid, keys in zip(users, await pipe.execute()):
+            for uid, keys in zip(users, await pipe.execute(), strict=False):
                 nodes_of[uid] = [k.decode() for k in keys]
 
         me, dead = self.node_id, self.dead
@@ -632,7 +632,7 @@ class RedisBus:
                 for uid in rest:
                     pipe.hkeys(key_user(uid))
                 dead = self.dead
-                for uid, keys in zip(rest, await pipe.execute()):
+                for uid, keys in zip(rest, await pipe.execute(), strict=False):
                     if any(k.decode() not in dead for k in keys):
                         online.add(uid)
             except _REDIS_ERRORS:
