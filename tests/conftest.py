@@ -98,12 +98,8 @@ async def create_database(pg: PgHandle, template: str) -> str:
     return pg.dsn_for(name)
 
 
-@pytest.fixture
-async def fresh_db(pg: PgHandle, template_db: str) -> AsyncIterator[str]:
-    """A DSN of a new, migrated, empty database for this test alone, dropped after it
-    (a full run would otherwise leave gigabytes behind)."""
-    dsn = await create_database(pg, template_db)
-    yield dsn
+async def drop_database(pg: PgHandle, dsn: str) -> None:
+    """Drops a test's database (a full run would otherwise leave gigabytes behind)."""
     name = dsn.rsplit("/", 1)[1]
     with contextlib.suppress(Exception):
         conn = await asyncpg.connect(pg.admin_dsn)
@@ -111,6 +107,14 @@ async def fresh_db(pg: PgHandle, template_db: str) -> AsyncIterator[str]:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await conn.close()
+
+
+@pytest.fixture
+async def fresh_db(pg: PgHandle, template_db: str) -> AsyncIterator[str]:
+    """A DSN of a new, migrated, empty database for this test alone, dropped after it."""
+    dsn = await create_database(pg, template_db)
+    yield dsn
+    await drop_database(pg, dsn)
 
 
 @pytest.fixture(scope="session")

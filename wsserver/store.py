@@ -224,7 +224,9 @@ RETURNING c.id, c.last_seq - x.n AS seq0, c.rev - x.n AS rev0, now() AS created_
 """
 
 # The sender has read what they sent: their read horizon moves with the insert, so
-# `unread` never counts a user's own messages.
+# `unread` never counts a user's own messages. A participant row another transaction
+# holds (a delivery-receipt flush, a read) is skipped rather than waited for: the send
+# path never queues behind a lock it does not need, and can never deadlock on one.
 _INSERT_SQL = """
 WITH ins AS (
     INSERT INTO messages (id, chat_id, seq, rev, created_rev, user_id, type, content, lang,
@@ -236,14 +238,24 @@ WITH ins AS (
            AS t(id, chat_id, seq, rev, user_id, type, content, lang, metadata,
                 reply_to_id, message_key)
     RETURNING id, chat_id, seq, user_id
+),
+latest AS (
+    SELECT DISTINCT ON (chat_id, user_id) chat_id, user_id, seq, id
+      FROM ins WHERE user_id IS NOT NULL
+     ORDER BY chat_id, user_id, seq DESC
+),
+free AS (
+    SELECT p.chat_id, p.user_id, x.seq, x.id
+      FROM chat_participants p
+      JOIN latest x ON p.chat_id = x.chat_id AND p.user_id = x.user_id
+     WHERE p.last_read_seq < x.seq
+       FOR UPDATE OF p SKIP LOCKED
 )
 UPDATE chat_participants p
-   SET last_read_seq = x.seq, last_read_message_id = x.id, last_read_at = now(),
-       delivered_seq = GREATEST(p.delivered_seq, x.seq)
-  FROM (SELECT DISTINCT ON (chat_id, user_id) chat_id, user_id, seq, id
-          FROM ins WHERE user_id IS NOT NULL
-         ORDER BY chat_id, user_id, seq DESC) x
- WHERE p.chat_id = x.chat_id AND p.user_id = x.user_id AND p.last_read_seq < x.seq
+   SET last_read_seq = f.seq, last_read_message_id = f.id, last_read_at = now(),
+       delivered_seq = GREATEST(p.delivered_seq, f.seq)
+  FROM free f
+ WHERE p.chat_id = f.chat_id AND p.user_id = f.user_id
 """
 
 _CLAIM_ATTACHMENTS_SQL = """
@@ -789,12 +801,18 @@ class Store:
                 """WITH x AS (
                         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])
                             AS t(chat_id, user_id, seq)),
+                   locked AS (
+                        SELECT p.chat_id, p.user_id, x.seq
+                          FROM chat_participants p
+                          JOIN x ON p.chat_id = x.chat_id AND p.user_id = x.user_id
+                         WHERE p.delivered_seq < x.seq
+                         ORDER BY p.chat_id, p.user_id
+                           FOR UPDATE OF p),
                    upd AS (
                         UPDATE chat_participants p
-                           SET delivered_seq = x.seq, delivered_at = now()
-                          FROM x
-                         WHERE p.chat_id = x.chat_id AND p.user_id = x.user_id
-                           AND p.delivered_seq < x.seq
+                           SET delivered_seq = l.seq, delivered_at = now()
+                          FROM locked l
+                         WHERE p.chat_id = l.chat_id AND p.user_id = l.user_id
                      RETURNING p.chat_id, p.user_id, p.delivered_seq)
                    SELECT upd.chat_id, upd.user_id, msg.id AS message_id,
                           (SELECT array_agg(user_id) FROM chat_participants cp

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from importer_helpers import generate
+
+from tests.conftest import create_database, drop_database
 
 
 @pytest.fixture(scope="session")
@@ -20,10 +20,7 @@ def std_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 async def second_db(pg: Any, template_db: str) -> AsyncIterator[str]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(pg.admin_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    finally:
-        await conn.close()
-    yield pg.dsn_for(name)
+    """Another migrated, empty database, to compare two imports."""
+    dsn = await create_database(pg, template_db)
+    yield dsn
+    await drop_database(pg, dsn)
