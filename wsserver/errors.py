@@ -90,15 +90,6 @@ class Internal(BesedaError):
         super().__init__(message)
 
 
-ERRORS_BY_CODE: dict[str, type[BesedaError]] = {
-    cls.code: cls
-    for cls in (
-        BadRequest, Unauthorized, Forbidden, NotFound, Conflict,
-        TooLarge, RateLimited, Unavailable, Internal,
-    )
-}
-
-
 class CloseCode(IntEnum):
     """WebSocket close codes and what the client should do on each."""
 

@@ -11,7 +11,6 @@ import asyncio
 import itertools
 import logging
 import time
-from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
@@ -172,5 +171,3 @@ class Session:
         except Exception as exc:
             log.debug("conn.close_failed conn=%s err=%s", self.conn_id, type(exc).__name__)
 
-    def describe(self) -> dict[str, Any]:
-        return {"conn": self.conn_id, "user": self.user_id}

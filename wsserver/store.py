@@ -574,11 +574,7 @@ class Store:
 
     async def members(self, chat_id: int) -> list[int]:
         async with self.connection() as conn:
-            rows = await conn.fetch(
-                "SELECT user_id FROM chat_participants WHERE chat_id = $1 AND left_at IS NULL",
-                chat_id,
-            )
-        return [r["user_id"] for r in rows]
+            return await self._members(conn, chat_id)
 
     async def history(
         self,

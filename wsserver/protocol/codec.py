@@ -14,12 +14,11 @@ from typing import Any
 
 import msgspec
 
-from ..errors import BadRequest, BesedaError, TooLarge
+from ..errors import BadRequest, TooLarge
 from . import messages as m
 
 _envelope_decoder = msgspec.json.Decoder(m.Envelope)
 _decoders = {name: msgspec.json.Decoder(cls) for name, cls in m.REQUEST_TYPES.items()}
-_LONE_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}|\\u[dD][c-fC-F][0-9a-fA-F]{2}")
 # msgspec raises RecursionError past its nesting depth; that is the client's fault.
 _TOO_DEEP = "json nested too deeply"
 # Errors echo the id of a frame that failed to decode, even one over the 64-character
@@ -168,6 +167,3 @@ def check_payload(kind: str, payload: msgspec.Struct, limits: Limits) -> None:
         if payload.before_seq is not None and payload.after_seq is not None:
             raise BadRequest("give `data.before_seq` or `data.after_seq`, not both")
 
-
-def error_body(exc: BesedaError) -> dict[str, Any]:
-    return exc.to_wire()
