@@ -77,6 +77,7 @@ class Node:
             default_lang=s.default_lang,
             acquire_timeout_s=s.db_acquire_timeout_s,
             page_bytes=min(REPLY_PAGE_BYTES, s.send_queue_bytes // 4),
+            session_settings=not s.pgbouncer,
         )
         self.writer = BatchWriter(self.store, lanes=s.writer_lanes, max_batch=s.writer_max_batch)
         self.registry = Registry()

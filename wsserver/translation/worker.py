@@ -59,14 +59,40 @@ class TranslationWorker:
         self._listener: asyncpg.Connection | None = None
 
     async def start(self) -> None:
-        async with self.node.store.connection() as conn:
-            await conn.execute("UPDATE translation_settings SET enabled = true WHERE NOT enabled")
+        await self._switch_on()
         with contextlib.suppress(Exception):
             self._listener = await asyncpg.connect(self.node.dsn)
             await self._listener.add_listener(CHANNEL, self._notified)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._run(i)) for i in range(self.concurrency)]
         log.info("translate.started provider=%s workers=%d", self.provider.name, self.concurrency)
+
+    async def _switch_on(self) -> None:
+        """Enables the enqueue triggers (off until a provider exists, see
+        sql/0012) and the queue flag together. ALTER TABLE waits for a lock on
+        `messages` that every send also takes, so it gives up after a short wait
+        rather than stall sends behind a long import transaction, and tries again."""
+        delay = 1.0
+        while True:
+            try:
+                async with self.node.store.connection() as conn, conn.transaction():
+                    await conn.execute("SET LOCAL lock_timeout = '2s'")
+                    disabled = await conn.fetchval(
+                        """SELECT count(*) FROM pg_trigger
+                            WHERE tgrelid = 'messages'::regclass AND tgenabled = 'D'
+                              AND tgname IN ('messages_translation_insert',
+                                             'messages_translation_edit')""")
+                    if disabled:
+                        await conn.execute(
+                            "ALTER TABLE messages ENABLE TRIGGER messages_translation_insert;"
+                            "ALTER TABLE messages ENABLE TRIGGER messages_translation_edit")
+                    await conn.execute(
+                        "UPDATE translation_settings SET enabled = true WHERE NOT enabled")
+                return
+            except asyncpg.LockNotAvailableError:
+                log.warning("translate.switch_on_waiting retry_in=%.0fs", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     def _notified(self, *_args: Any) -> None:
         self._wake.set()
