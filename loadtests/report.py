@@ -119,6 +119,29 @@ def _markdown(r: dict[str, Any], name: str, pngs: list[Path]) -> str:
         a("\nPer step (mean batch size at each offered rate) is in the ramp tables below.\n")
     else:
         a("Beseda was not run.\n")
+    stage_rows = [(s["target"], s.get("group"), s["latency"]["stages"]) for s in r["scenarios"]
+                  if s.get("latency") and any((s["latency"].get("stages") or {}).values())]
+    if stage_rows:
+        a("## Where the time goes at half peak (server histograms)\n")
+        a("Bucket bounds from the server's own histograms over the latency run: a p99 "
+          "of ≤ 0.25 means between the next lower bound and 250 ms.\n")
+        a("| target | chats of | send→commit p50 / p99 | batch (2 round trips) p50 / p99 | "
+          "commit→delivery p50 / p99 | event-loop lag p50 / p99 / mean |")
+        a("|---|---:|---:|---:|---:|---:|")
+
+        def _ms(d: dict | None, k: str) -> str:
+            v = (d or {}).get(k)
+            return "–" if v is None else ("∞" if v == float("inf") else f"≤ {v * 1000:g} ms")
+
+        for t, g, st in stage_rows:
+            c, b, d, lag = (st.get(k) for k in
+                            ("send_to_commit", "batch_seconds", "commit_to_delivery", "loop_lag"))
+            mean = (lag or {}).get("mean")
+            a(f"| {t} | {g} | {_ms(c, 'p50_le')} / {_ms(c, 'p99_le')} | "
+              f"{_ms(b, 'p50_le')} / {_ms(b, 'p99_le')} | {_ms(d, 'p50_le')} / {_ms(d, 'p99_le')} | "
+              f"{_ms(lag, 'p50_le')} / {_ms(lag, 'p99_le')} / "
+              f"{'–' if mean is None else f'{mean * 1000:.1f} ms'} |")
+        a("")
     a("## Ramps\n")
     for s in r["scenarios"]:
         t, g = s["target"], s.get("group")

@@ -38,6 +38,14 @@ from .targets import (
 
 HERE = Path(__file__).resolve().parent
 BATCH_METRIC = "beseda_writer_batch_size"
+# Where a message's time goes inside Beseda, scraped around every step.
+STAGE_METRICS = {
+    "send_to_commit": "beseda_send_to_commit_seconds",
+    "batch_seconds": "beseda_writer_batch_seconds",
+    "commit_to_delivery": "beseda_commit_to_delivery_seconds",
+    "loop_lag": "beseda_event_loop_lag_seconds",
+    "gc_pause": "beseda_gc_pause_seconds",
+}
 
 
 @dataclass
@@ -180,7 +188,8 @@ class Scenario:
         def on_window(which: str) -> None:
             marks[which] = (time.monotonic(), cpu_seconds(pids), cpu_seconds(aux), busy_seconds())
 
-        m0 = parse_histogram(self.t.metrics_text(), BATCH_METRIC)
+        text0 = self.t.metrics_text()
+        m0 = parse_histogram(text0, BATCH_METRIC)
         res = self.client.run_step(self.step_no, rate, duration, self.fanout,
                                    self.cfg.drain_s, on_window)
         self.step_no += 1
@@ -193,7 +202,12 @@ class Scenario:
         ours = (sb - sa) + (xb - xa) + sum(res["client_cpu_pct"]) * wall / 100.0
         res["other_cpu_pct"] = max(0.0, 100.0 * ((bb - ba) - ours) / (tb - ta))
         res["server_rss"] = rss_bytes(pids)
-        res["batch_size"] = histogram_delta(m0, parse_histogram(self.t.metrics_text(), BATCH_METRIC))
+        text1 = self.t.metrics_text()
+        res["batch_size"] = histogram_delta(m0, parse_histogram(text1, BATCH_METRIC))
+        res["stages"] = {
+            key: histogram_delta(parse_histogram(text0, name), parse_histogram(text1, name))
+            for key, name in STAGE_METRICS.items()
+        }
         ok, why = judge(res, self.cfg)
         res["sustained"], res["why_not"] = ok, why
         res["settle_s"] = self.settle(20.0 if ok else min(30.0, self.cfg.recover_s))

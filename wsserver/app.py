@@ -48,6 +48,7 @@ class Node:
         self.ws_port = 0
         self._http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
+        self._lag_task: asyncio.Task[None] | None = None
 
     async def start(self, *, migrate: bool = True) -> None:
         s = self.settings
@@ -87,6 +88,8 @@ class Node:
             s, self.store, self.writer, self.bus, self.registry, self.verifier, self.node_id
         )
         await self.bus.start()
+        self._lag_task = asyncio.get_running_loop().create_task(metrics.watch_event_loop())
+        metrics.watch_gc()
         self.writer.start()
         await self.server.start()
         self.ws_port = self.server.port
@@ -189,6 +192,8 @@ class Node:
         if getattr(self, "translator", None) is not None:
             await self.translator.stop()
         await self.bus.stop()
+        if self._lag_task is not None:
+            self._lag_task.cancel()
         if self.pool is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.pool.close(), timeout=5)

@@ -7,6 +7,10 @@ registry is enough (no multiprocess mode; docs/ops.md says why).
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import time
+
 from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (
@@ -65,6 +69,20 @@ SEND_TO_ACK = Histogram(
 COMMIT_TO_DELIVERY = Histogram(
     "beseda_commit_to_delivery_seconds",
     "From a batch commit to the event written to local sockets",
+    buckets=_LATENCY_BUCKETS,
+)
+
+EVENT_LOOP_LAG = Histogram(
+    "beseda_event_loop_lag_seconds",
+    "How late a 100 ms timer fires on the event loop: time every socket waits for "
+    "the loop beyond its own work (sampled ten times a second)",
+    buckets=_LATENCY_BUCKETS,
+)
+
+GC_PAUSE = Histogram(
+    "beseda_gc_pause_seconds",
+    "Pauses of Python's cyclic garbage collector, by generation (0, 1, 2)",
+    ["generation"],
     buckets=_LATENCY_BUCKETS,
 )
 
@@ -154,3 +172,30 @@ def count_request(kind: str, result: str) -> None:
     if child is None:
         child = _request_children[(kind, result)] = REQUESTS.labels(type=kind, result=result)
     child.inc()
+
+
+async def watch_event_loop(period_s: float = 0.1) -> None:
+    """Feeds EVENT_LOOP_LAG until cancelled: a loop busy with one long callback (a
+    huge fan-out, a slow JSON decode, a garbage collection) shows here first."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + period_s
+        await asyncio.sleep(period_s)
+        EVENT_LOOP_LAG.observe(max(0.0, loop.time() - due))
+
+
+_gc_started: list[float] = []
+
+
+def _on_gc(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _gc_started.append(time.perf_counter())
+    elif _gc_started:
+        GC_PAUSE.labels(generation=str(info.get("generation", 0))).observe(
+            time.perf_counter() - _gc_started.pop())
+
+
+def watch_gc() -> None:
+    """Times every collection into GC_PAUSE (once per process)."""
+    if _on_gc not in gc.callbacks:
+        gc.callbacks.append(_on_gc)
