@@ -11,6 +11,8 @@ import asyncio
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
+from websockets.http11 import Request
 
 from . import metrics
 from .errors import CloseCode
@@ -58,6 +60,9 @@ OUTCOME_BY_STATUS = {
 }
 
 
+_HANDSHAKE_DONE = Request(path="/", headers=Headers())
+
+
 class TrackedConnection(ServerConnection):
     """A server connection that counts its handshake, once, by how it ended.
 
@@ -78,6 +83,16 @@ class TrackedConnection(ServerConnection):
             raise
         status = self.response.status_code if self.response is not None else 0
         metrics.HANDSHAKES.labels(outcome=OUTCOME_BY_STATUS.get(status, "failed")).inc()
+        if status == 101:
+            # Nothing reads the handshake's request and response after this, and
+            # their headers are about 3 KiB per open socket (docs/capacity.md).
+            # websockets tells the handshake phase by `request is None`, so the
+            # request is swapped for one shared, empty stand-in; its parser keeps
+            # the original in a local variable, so that one's headers are cleared.
+            if self.request is not None:
+                self.request.headers.clear()
+            self.request = _HANDSHAKE_DONE
+            self.response = None
 
 
 def _server_closed_first(conn: ServerConnection) -> bool:

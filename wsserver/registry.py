@@ -27,7 +27,7 @@ class Registry:
             self.count -= 1
             if not sessions:
                 del self.by_user[session.user_id]
-        for chat_id in session.subscriptions:
+        for chat_id in list(session.subscriptions):
             subs = self.by_chat.get(chat_id)
             if subs is not None:
                 subs.discard(session)
@@ -35,11 +35,11 @@ class Registry:
                     del self.by_chat[chat_id]
 
     def subscribe(self, session: Session, chat_id: int) -> None:
-        session.subscriptions.add(chat_id)
+        session.subscribe(chat_id)
         self.by_chat.setdefault(chat_id, set()).add(session)
 
     def unsubscribe(self, session: Session, chat_id: int) -> None:
-        session.subscriptions.discard(chat_id)
+        session.unsubscribe(chat_id)
         subs = self.by_chat.get(chat_id)
         if subs is not None:
             subs.discard(session)

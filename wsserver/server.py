@@ -29,6 +29,7 @@ from .auth import Identity, TokenVerifier
 from .bus.base import Bus
 from .config import Settings
 from .errors import BesedaError, CloseCode, Internal, NotFound, RateLimited, Unauthorized
+from .keepalive import Keepalive
 from .limits import (
     ConnectionLimiter,
     TrackedConnection,
@@ -95,6 +96,7 @@ class ChatServer:
         self.limits = Limits(settings.max_text_bytes, settings.max_metadata_bytes)
         self.presence = MemoryPresence(settings.typing_ttl_s, self._typing_lapsed)
         self.receipts = DeliveryTracker(store, bus)
+        self.keepalive = Keepalive(settings.ping_interval_s, settings.ping_timeout_s)
         bus.on_message = self.receipts.note
         self.limiter = ConnectionLimiter(settings.max_connections_per_ip)
         self._server: WsServer | None = None
@@ -130,6 +132,7 @@ class ChatServer:
             ]
         await self.presence.start()
         await self.receipts.start()
+        self.keepalive.start()
         self._server = await serve(
             self._handle,
             s.host,
@@ -142,8 +145,9 @@ class ChatServer:
             # The transport counts as paused past half the send queue: large reads
             # then wait for the peer to take what it was sent (ChatServer._gated).
             write_limit=s.send_queue_bytes // 2,
-            ping_interval=s.ping_interval_s,
-            ping_timeout=s.ping_timeout_s,
+            # Keepalive runs node-wide (wsserver/keepalive.py), not as a task per socket.
+            ping_interval=None,
+            ping_timeout=None,
             close_timeout=5,
             open_timeout=s.handshake_timeout_s,
             server_header=None,
@@ -171,6 +175,7 @@ class ChatServer:
                 await asyncio.wait_for(self._server.wait_closed(), timeout=5)
             except asyncio.TimeoutError:
                 log.error("server.drain_incomplete open=%d", self.registry.count)
+        await self.keepalive.stop()
         await self.receipts.stop()
         await self.presence.stop()
 
@@ -229,6 +234,7 @@ class ChatServer:
         session = Session(ws, identity, self.node_id, s.send_queue_bytes, s.rate_per_s, s.rate_burst)
         ip: str = ws.peer_ip  # type: ignore[attr-defined]
         self.registry.add(session)
+        self.keepalive.add(session)
         self.limiter.opened(ip)
         self._schedule_expiry(session)
         metrics.CONNECTIONS_OPEN.inc()
@@ -266,6 +272,7 @@ class ChatServer:
         if session.expiry_timer is not None:
             session.expiry_timer.cancel()
         self.registry.remove(session)
+        self.keepalive.remove(session)
         self.bus.detach(session.user_id)
         metrics.CONNECTIONS_OPEN.dec()
         for chat_id in list(session.typing):
@@ -504,8 +511,7 @@ class ChatServer:
         for s in self.registry.sessions_of(user_id):
             s.member_until.pop(chat_id, None)
             self.registry.unsubscribe(s, chat_id)
-            if chat_id in s.typing:
-                s.typing.discard(chat_id)
+            if s.stop_typing(chat_id):
                 if self.presence.stop_typing(chat_id, user_id):
                     self._publish_typing(chat_id, user_id, False, None)
 
@@ -543,20 +549,20 @@ class ChatServer:
         if session.closing:
             return {}
         if starting:
-            session.typing.add(chat_id)
+            session.start_typing(chat_id)
             if self.presence.start_typing(chat_id, session.user_id):
                 self._publish_typing(chat_id, session.user_id, True, session.conn_id)
             else:  # keeps other nodes' view of the typist alive
                 self._publish_typing(chat_id, session.user_id, True, session.conn_id, True)
         else:
-            session.typing.discard(chat_id)
+            session.stop_typing(chat_id)
             if self.presence.stop_typing(chat_id, session.user_id):
                 self._publish_typing(chat_id, session.user_id, False, session.conn_id)
         return {}
 
     def _typing_lapsed(self, chat_id: int, user_id: int) -> None:
         for s in self.registry.sessions_of(user_id):
-            s.typing.discard(chat_id)
+            s.stop_typing(chat_id)
         self._publish_typing(chat_id, user_id, False, None)
 
     def _publish_typing(

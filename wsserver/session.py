@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections.abc import Set as AbstractSet
 
 from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
@@ -44,6 +45,9 @@ def _flush_dirty() -> None:
         session.flush()
 
 
+_NO_CHATS: AbstractSet[int] = frozenset()
+
+
 class TokenBucket:
     __slots__ = ("rate", "burst", "tokens", "stamp")
 
@@ -68,7 +72,8 @@ class Session:
     __slots__ = (
         "ws", "conn_id", "identity", "opened_at", "subscriptions", "typing",
         "member_until", "pending", "bucket", "violations", "bad_frames",
-        "expiry_timer", "closing", "close_task", "heavy", "queue_limit", "unflushed", "__weakref__",
+        "expiry_timer", "closing", "close_task", "heavy", "queue_limit", "unflushed",
+        "ping_data", "ping_sent", "ka_slot", "__weakref__",
     )
 
     def __init__(
@@ -79,8 +84,10 @@ class Session:
         self.conn_id = f"{node_id}-{next(_conn_counter)}"
         self.identity = identity
         self.opened_at = time.monotonic()
-        self.subscriptions: set[int] = set()
-        self.typing: set[int] = set()
+        # Most sockets never subscribe or type: they share one empty set until
+        # they do (an empty set is 216 bytes; see docs/capacity.md).
+        self.subscriptions: AbstractSet[int] = _NO_CHATS
+        self.typing: AbstractSet[int] = _NO_CHATS
         self.member_until: dict[int, float] = {}
         self.pending = 0
         self.bucket = TokenBucket(rate, burst)
@@ -92,10 +99,34 @@ class Session:
         self.heavy: asyncio.Semaphore | None = None  # made on the first large read
         self.queue_limit = queue_limit
         self.unflushed = 0
+        self.ping_data: bytes | None = None  # the keepalive ping awaiting its pong
+        self.ping_sent = 0.0
+        self.ka_slot = -1  # the keepalive bucket, -1 when not in one
 
     @property
     def user_id(self) -> int:
         return self.identity.user_id
+
+    def subscribe(self, chat_id: int) -> None:
+        if self.subscriptions is _NO_CHATS:
+            self.subscriptions = set()
+        self.subscriptions.add(chat_id)  # type: ignore[attr-defined]
+
+    def unsubscribe(self, chat_id: int) -> None:
+        if chat_id in self.subscriptions:
+            self.subscriptions.discard(chat_id)  # type: ignore[attr-defined]
+
+    def start_typing(self, chat_id: int) -> None:
+        if self.typing is _NO_CHATS:
+            self.typing = set()
+        self.typing.add(chat_id)  # type: ignore[attr-defined]
+
+    def stop_typing(self, chat_id: int) -> bool:
+        """True when this socket was typing in the chat."""
+        if chat_id in self.typing:
+            self.typing.discard(chat_id)  # type: ignore[attr-defined]
+            return True
+        return False
 
     def push(self, frame: bytes, kind: str = "event") -> bool:
         """Queues one text frame; False when the socket is gone or was shed."""
@@ -166,8 +197,16 @@ class Session:
         self.close_task = asyncio.get_running_loop().create_task(self._close(code, text))
 
     async def _close(self, code: int, reason: str) -> None:
+        # websockets bounds the wait for the peer's close frame by close_timeout,
+        # but not the wait for the socket to drain before our close frame goes
+        # out: a peer that stopped reading would hold the socket open for ever.
+        ws = self.ws
         try:
-            await self.ws.close(code, reason)
+            await asyncio.wait_for(ws.close(code, reason), (ws.close_timeout or 5.0) + 5.0)
+        except asyncio.TimeoutError:
+            log.info("conn.close_forced conn=%s user=%s", self.conn_id, self.user_id)
+            if ws.transport is not None:
+                ws.transport.abort()
         except Exception as exc:
             log.debug("conn.close_failed conn=%s err=%s", self.conn_id, type(exc).__name__)
 

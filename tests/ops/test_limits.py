@@ -267,3 +267,38 @@ async def test_client_ignoring_pings_is_closed_others_keep_going(limited):
     assert delta(before, after, "beseda_connection_closes_total", code="1011") == 1
     assert not bystander.closed.is_set()
     await bystander.ok("message.send", send_data(chat, "ping-bystander", "still here"))
+
+
+async def test_client_answering_pings_is_pinged_each_interval_and_kept(limited):
+    """The node-wide keepalive pings every socket about once per interval; a client
+    that answers each ping (by hand, so every ping is seen) is never closed."""
+    node, world = await limited(ping_interval_s=0.2, ping_timeout_s=0.2)
+    a, _b, _chat = await pair(world)
+    before = await scrape(node.http_port)
+    reader, writer = await raw_upgrade(node.ws_port, world.token(a))
+    pings = 0
+    try:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 1.5
+        while loop.time() < end:
+            try:
+                head = await asyncio.wait_for(reader.readexactly(2), end - loop.time())
+            except asyncio.TimeoutError:
+                break
+            opcode, size = head[0] & 0x0F, head[1] & 0x7F
+            assert size < 126, "no large frame expected on an idle socket"
+            payload = await reader.readexactly(size)
+            assert opcode == 0x9, f"unexpected opcode {opcode} (8 would be a close)"
+            pings += 1
+            mask = os.urandom(4)
+            writer.write(bytes([0x8A, 0x80 | size]) + mask
+                         + bytes(c ^ mask[i % 4] for i, c in enumerate(payload)))
+            await writer.drain()
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    # 1.5 s at one ping per 0.2 s: about 7; the bound leaves room for a slow machine.
+    assert pings >= 3
+    after = await scrape(node.http_port)
+    assert delta(before, after, "beseda_ping_timeouts_total") == 0

@@ -43,7 +43,9 @@ async def test_cross_node_multi_device_users_get_each_message_once(cluster):
     assert {"beseda_bus_messages_total", "beseda_bus_up"} <= names
     for name, labels in samples:
         for key, val in labels if name.startswith("beseda_") else ():
-            assert key in ALLOWED_LABELS and val not in {str(a), str(b), str(chat)}
+            assert key in ALLOWED_LABELS
+            if key != "generation":  # GC generations 0-2 may equal a chat id
+                assert val not in {str(a), str(b), str(chat)}
 
 
 async def test_user_connecting_just_before_a_send_gets_it_from_another_node(cluster):
