@@ -16,6 +16,7 @@ import queue
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
@@ -48,6 +49,9 @@ def parser() -> argparse.ArgumentParser:
                     help="write the JSON report here (default: under the data folder)")
     ap.add_argument("--batch-messages", type=int, default=5000,
                     help="messages per transaction (default 5000)")
+    ap.add_argument("--writers", type=int, default=2,
+                    help="database connections writing in parallel, each with whole "
+                         "conversations (default 2; 1 leaves more CPU to a live server)")
     ap.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
                     help="bar on a terminal, plain log lines otherwise (default auto)")
     ap.add_argument("--progress-every", type=float, default=5.0,
@@ -183,17 +187,11 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
                   export_id: str, progress: Progress, t0: float) -> int:
     dsn, embedded = await db.resolve_database_url(settings)
     conn: asyncpg.Connection | None = None
+    writers: list[asyncpg.Connection] = []
     run_id = None
     try:
         await db.migrate(dsn)
-        conn = await asyncpg.connect(dsn, server_settings={
-            "application_name": "beseda-importer",
-            # A commit lost to a crash is only a conversation not yet marked done:
-            # the next run redoes it, so the import need not wait for each fsync.
-            "synchronous_commit": "off",
-            "statement_timeout": "600000",
-            "idle_in_transaction_session_timeout": "600000",
-        })
+        conn = await _connect(dsn)
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", IMPORT_LOCK_ID):
             log.error("import.busy another importer is running against this database")
             return 3
@@ -207,18 +205,13 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
             "SELECT conversation_sid, signature FROM import_conversations WHERE export_id = $1",
             export_id)}
         storage = LocalStorage(settings.data_dir / "attachments")
-        loader = Loader(conn, storage, export_id, run_id, args.batch_messages,
-                        on_commit=progress.update)
-        await loader.prepare()
-        skipped = 0
-        async with aclosing(_plans(export, done, 2 * args.batch_messages)) as plans:
-            async for plan in plans:
-                if plan is None:
-                    skipped += 1
-                    progress.update(1, 0)
-                else:
-                    await loader.add(plan)
-        await loader.flush()
+        for _ in range(max(1, args.writers) - 1):
+            writers.append(await _connect(dsn))
+        loaders = [Loader(c, storage, export_id, run_id, args.batch_messages,
+                          on_commit=progress.update) for c in [conn, *writers]]
+        for loader in loaders:
+            await loader.prepare()
+        skipped = await _write_all(export, done, loaders, progress, 2 * args.batch_messages)
         progress.close()
 
         path = args.report or settings.data_dir / "import-reports" / f"twilio-run-{run_id}.json"
@@ -230,8 +223,15 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
                     "ORDER BY conversation_sid", export_id):
                 totals.add(json.loads(row["stats"]))
         seconds = time.monotonic() - t0
-        run = dict(loader.run)
-        run["phase_seconds"] = {k: round(v, 2) for k, v in sorted(loader.phase_s.items())}
+        run: dict[str, Any] = {}
+        phases: Counter[str] = Counter()
+        for loader in loaders:
+            for k, v in loader.run.items():
+                run[k] = run.get(k, 0) + v
+            phases.update(loader.phase_s)
+        # summed over the writers, which run at the same time
+        run["phase_seconds"] = {k: round(v, 2) for k, v in sorted(phases.items())}
+        run["writers"] = len(loaders)
         run.update(dry_run=False, run_id=run_id, export_id=export_id,
                    conversations_skipped_done=skipped, users_inserted=users_new,
                    orders_inserted=orders_new, seconds=round(seconds, 2),
@@ -257,10 +257,64 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
                 pass
         return 1
     finally:
-        if conn is not None and not conn.is_closed():
-            await conn.close()
+        for c in [*writers, conn]:
+            if c is not None and not c.is_closed():
+                await c.close()
         if embedded is not None:
             embedded.release()
+
+
+async def _connect(dsn: str) -> asyncpg.Connection:
+    return await asyncpg.connect(dsn, server_settings={
+        "application_name": "beseda-importer",
+        # A commit lost to a crash is only a conversation not yet marked done:
+        # the next run redoes it, so the import need not wait for each fsync.
+        "synchronous_commit": "off",
+        "statement_timeout": "600000",
+        "idle_in_transaction_session_timeout": "600000",
+    })
+
+
+async def _write_all(export: Export, done: dict[str, str], loaders: list[Loader],
+                     progress: Progress, ahead: int) -> int:
+    """Hand whole conversations to the writers, whichever is free; flush them all.
+
+    A conversation goes to one writer only, so its transactions stay in index order
+    and two writers never touch the same chat. Each transaction still carries its
+    conversations' progress rows, so a kill leaves any mix of finished conversations
+    behind, which the next run handles like any other. Returns the count skipped.
+    """
+    handoff: asyncio.Queue[ConversationPlan | None] = asyncio.Queue(maxsize=1)
+    skipped = 0
+
+    async def feed() -> None:
+        nonlocal skipped
+        async with aclosing(_plans(export, done, ahead)) as plans:
+            async for plan in plans:
+                if plan is None:
+                    skipped += 1
+                    progress.update(1, 0)
+                else:
+                    await handoff.put(plan)
+        for _ in loaders:
+            await handoff.put(None)
+
+    async def write(loader: Loader) -> None:
+        while (plan := await handoff.get()) is not None:
+            await loader.add(plan)
+        await loader.flush()
+
+    tasks = [asyncio.ensure_future(feed())] + [asyncio.ensure_future(write(x)) for x in loaders]
+    try:
+        finished, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for t in finished:
+            if t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return skipped
 
 
 _END = object()

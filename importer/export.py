@@ -191,6 +191,7 @@ class MessagePlan:
     edited_at: datetime | None
     updated_at: datetime
     media: list[MediaItem]
+    reply_to_index: int | None = None  # attributes.reply_to_index, when it is usable
 
 
 @dataclass(slots=True)
@@ -250,6 +251,7 @@ class Export:
         self.admin_roles: set[str] = set()
         self.unknown_identities: set[str] = set()
         self._first: dict[str, int] | None = None
+        self._media_names: set[str] | None = None
 
     # ---- export-wide inputs --------------------------------------------------
     def load_side_files(self) -> None:
@@ -514,6 +516,18 @@ class Export:
         if indices:
             st["missing_indices_below_last"] += indices[-1] + 1 - len(set(indices))
         index_set = set(indices)
+        for mp in messages:
+            target = mp.reply_to_index
+            if target is None:
+                continue
+            if target >= mp.index:
+                # a reply can only quote an earlier message: never linked
+                st["replies_to_later_index"] += 1
+                mp.reply_to_index = None
+            elif target not in index_set:
+                # deleted in Twilio, or in an earlier export: the writer looks in the
+                # database too, and counts what it cannot link
+                st["replies_target_not_in_export"] += 1
 
         participants = []
         for p, uid, role in parts_raw:
@@ -644,8 +658,14 @@ class Export:
             "sid": rec.sid, "index": rec.index, "author": author,
             "participant_sid": rec.participant_sid,
         }
+        reply_to = None
         if ok:
             tw["attributes"] = attrs
+            if isinstance(attrs, dict) and "reply_to_index" in attrs:
+                st["replies"] += 1
+                reply_to = _reply_index(attrs["reply_to_index"])
+                if reply_to is None:
+                    st["replies_bad_index"] += 1
         else:
             tw["attributes_raw"] = attrs
             st["bad_attributes_messages"] += 1
@@ -658,6 +678,7 @@ class Export:
             sid=rec.sid, index=rec.index, user_id=user[0] if user else None, type=mtype,
             content=content, lang=lang, metadata=dumps({"twilio": tw}),
             created_at=created, edited_at=edited, updated_at=updated, media=media,
+            reply_to_index=reply_to,
         )
 
     def _media(self, item: dict[str, Any], st: Counter[str],
@@ -672,13 +693,13 @@ class Export:
         size = size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else 0
         source = None
         if _SAFE_SID.match(sid):
-            path = self.root / "media" / sid
-            try:
-                fst = path.stat()
-            except OSError:
-                fst = None
-            if fst is not None and path.is_file():
-                source, size = path, fst.st_size
+            if sid in self._media_files():
+                path = self.root / "media" / sid
+                try:
+                    size = path.stat().st_size
+                    source = path
+                except OSError:
+                    pass
         else:
             st["media_with_invalid_sid"] += 1
         if source is None:
@@ -690,6 +711,21 @@ class Export:
                            "size": item.get("size")}}
         return MediaItem(sid=sid, content_type=ctype, filename=fname, size=size,
                          att_type=attachment_type(ctype), source=source, metadata=dumps(meta))
+
+    def _media_files(self) -> set[str]:
+        """Names of the files in media/, listed once (most referenced media are absent,
+        so one listing saves a failed stat per attachment)."""
+        if self._media_names is None:
+            names: set[str] = set()
+            try:
+                with os.scandir(self.root / "media") as it:
+                    for entry in it:
+                        if entry.is_file():
+                            names.add(entry.name)
+            except OSError:
+                pass
+            self._media_names = names
+        return self._media_names
 
     def count_receipts(self, sid: str) -> int:
         """Delivery receipts of one conversation (counted, not imported)."""
@@ -704,6 +740,15 @@ class Export:
                 n += sum(1 for _ in self._list_items(Path(entry.path) / "receipts",
                                                      "delivery_receipts"))
         return n
+
+
+def _reply_index(v: Any) -> int | None:
+    """attributes.reply_to_index as an index: an int >= 0, or such an int as a string."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v if v >= 0 else None
+    if isinstance(v, str) and v.strip().isdigit():
+        return int(v.strip())
+    return None
 
 
 def _order_id(unique_name: Any, attrs: Any) -> int | None:

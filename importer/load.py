@@ -35,7 +35,9 @@ from .storage import LocalStorage, StorageError
 log = logging.getLogger("beseda.importer")
 
 MSG_COLUMNS = ("id", "chat_id", "seq", "rev", "created_rev", "user_id", "type", "content",
-               "lang", "metadata", "message_key", "created_at", "edited_at", "external_id")
+               "lang", "metadata", "message_key", "created_at", "edited_at", "external_id",
+               "reply_to_id")
+REPLY_COL = MSG_COLUMNS.index("reply_to_id")
 ATT_COLUMNS = ("message_id", "uploader_id", "type", "mime_type", "size", "name",
                "storage_key", "status", "metadata", "created_at", "external_id")
 IMPORT_LOCK_ID = 0x6265_7365_6469  # one importer at a time per database
@@ -55,6 +57,7 @@ class ChatState:
     chat_id: int = 0
     existing: dict[str, tuple[int, datetime]] = field(default_factory=dict)
     imported: list[Imported] = field(default_factory=list)
+    by_index: dict[int, int] = field(default_factory=dict)  # Twilio index -> message id
 
 
 @dataclass(slots=True)
@@ -90,7 +93,8 @@ class Loader:
             "participants_inserted", "messages_inserted", "messages_already_present",
             "messages_updated", "messages_rejected", "attachments_inserted",
             "attachments_rejected", "media_files_copied", "media_copy_failed",
-            "read_horizons_set", "messages_appended_out_of_index_order", "transactions")}
+            "read_horizons_set", "messages_appended_out_of_index_order", "replies_linked",
+            "replies_unlinked", "transactions")}
         self.phase_s: Counter[str] = Counter()
 
     @contextmanager
@@ -226,6 +230,8 @@ class Loader:
                 st.existing[r["message_key"]] = (r["id"], r["upd"])
                 idx = r["idx"] if r["idx"] is not None else -1
                 st.imported.append(Imported(idx, r["id"], r["seq"], r["created_at"]))
+                if idx >= 0:
+                    st.by_index.setdefault(idx, r["id"])
 
         cids, uids, roles, joined = [], [], [], []
         for s in states:
@@ -285,6 +291,7 @@ class Loader:
         records: list[tuple[Any, ...]] = []
         atts: list[tuple[Any, ...]] = []
         owners: list[tuple[ChatState, Imported]] = []
+        replies: list[tuple[int, int | None]] = []  # (message id, target id)
         pos = 0
         for w, fresh in new:
             st = w.state
@@ -296,8 +303,15 @@ class Loader:
                     self.run["messages_appended_out_of_index_order"] += 1
                 mid = ids[pos]
                 pos += 1
+                # the target has a smaller index (export.plan drops the rest), so it was
+                # given its id earlier in this loop, in an earlier batch or an earlier run
+                reply = None
+                if m.reply_to_index is not None:
+                    reply = st.by_index.get(m.reply_to_index)
+                    replies.append((mid, reply))
+                st.by_index.setdefault(m.index, mid)
                 records.append((mid, cid, seq, rev, rev, m.user_id, m.type, m.content, m.lang,
-                                m.metadata, m.sid, m.created_at, m.edited_at, m.sid))
+                                m.metadata, m.sid, m.created_at, m.edited_at, m.sid, reply))
                 for item in m.media:
                     atts.append(self._attachment(mid, m, item))
                 owners.append((st, Imported(m.index, mid, seq, m.created_at)))
@@ -310,6 +324,15 @@ class Loader:
         for st, imp in owners:
             if imp.id not in rejected:
                 st.imported.append(imp)
+            elif st.by_index.get(imp.index) == imp.id:
+                del st.by_index[imp.index]
+        for mid, target in replies:
+            if mid in rejected:
+                continue
+            if target is None or target in rejected:
+                self.run["replies_unlinked"] += 1
+            else:
+                self.run["replies_linked"] += 1
         if rejected:
             atts = [a for a in atts if a[0] not in rejected]
             await self._repair_last_message(chat_ids)
@@ -350,6 +373,8 @@ class Loader:
         params = ", ".join(f"${i + 1}" for i in range(len(MSG_COLUMNS)))
         sql = f"INSERT INTO messages ({cols}) VALUES ({params}) ON CONFLICT DO NOTHING RETURNING id"
         for rec in records:
+            if rec[REPLY_COL] in rejected:  # its target was rejected just before
+                rec = (*rec[:REPLY_COL], None, *rec[REPLY_COL + 1:])
             try:
                 async with self.conn.transaction():
                     got = await self.conn.fetchval(sql, *rec)

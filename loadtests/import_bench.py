@@ -55,11 +55,12 @@ def generate(out: Path, n: int, m: int, seed: int) -> float:
     return time.monotonic() - t0
 
 
-def run_importer(export: Path, dsn: str, data: Path, report: Path) -> dict[str, Any]:
+def run_importer(export: Path, dsn: str, data: Path, report: Path,
+                 writers: int) -> dict[str, Any]:
     """Run the importer as a child; wall time and peak RSS sampled with psutil."""
     cmd = [sys.executable, "-m", "importer", str(export), "--database-url", dsn,
            "--data-dir", str(data), "--progress", "lines", "--progress-every", "30",
-           "--report", str(report)]
+           "--report", str(report), "--writers", str(writers)]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL)
     ps = psutil.Process(proc.pid)
@@ -118,42 +119,71 @@ async def raw_copy(dsn: str) -> dict[str, Any]:
                 await conn.copy_records_to_table("idx_attachments", records=atts[i:i + 5000],
                                                  columns=("id", *ATT_COLUMNS))
         indexed = time.monotonic() - t0
+        # the same again without the gram index (sql/0010_search.sql): what it costs
+        await conn.execute("TRUNCATE idx_attachments, idx_messages")
+        for r in await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = "
+                                  "'idx_messages' AND indexdef LIKE '%USING gin%'"):
+            await conn.execute(f'DROP INDEX "{r[0]}"')
+        t0 = time.monotonic()
+        async with conn.transaction():
+            for i in range(0, len(msgs), 5000):
+                await conn.copy_records_to_table("idx_messages", records=msgs[i:i + 5000],
+                                                 columns=MSG_COLUMNS)
+            for i in range(0, len(atts), 5000):
+                await conn.copy_records_to_table("idx_attachments", records=atts[i:i + 5000],
+                                                 columns=("id", *ATT_COLUMNS))
+        btree = time.monotonic() - t0
         await conn.execute("DROP TABLE idx_attachments; DROP TABLE idx_messages")
     finally:
         await conn.close()
     return {"raw_s": round(seconds, 2), "raw_rows": len(msgs) + len(atts),
             "raw_messages_per_s": round(len(msgs) / seconds),
             "indexed_copy_s": round(indexed, 2),
-            "indexed_copy_messages_per_s": round(len(msgs) / indexed)}
+            "indexed_copy_messages_per_s": round(len(msgs) / indexed),
+            "no_gram_copy_s": round(btree, 2),
+            "no_gram_copy_messages_per_s": round(len(msgs) / btree)}
 
 
 async def bench_size(pg: EmbeddedPostgres, work: Path, n: int, m: int,
-                     seed: int) -> dict[str, Any]:
-    name = f"bench_{n}x{m}"
+                     seed: int, writers: list[int]) -> list[dict[str, Any]]:
     export = work / f"export-{n}x{m}"
     gen_s = generate(export, n, m, seed)
-    admin = await asyncpg.connect(pg.dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = pg.dsn.rsplit("/", 1)[0] + "/" + name
-    await db.migrate(dsn)
-    data = work / f"data-{n}x{m}"
-    shutil.rmtree(data, ignore_errors=True)
-    first = run_importer(export, dsn, data, work / f"report-{n}x{m}.json")
-    again = run_importer(export, dsn, data, work / f"report-{n}x{m}-rerun.json")
-    raw = await raw_copy(dsn)
-    rate = first["messages"] / first["import_s"]
-    out = {"size": f"{n}x{m}", "conversations": n, "messages_per_conversation": m,
-           "generate_s": round(gen_s, 1), **first, "importer_messages_per_s": round(rate),
-           **raw, "ratio_raw_over_importer": round(raw["raw_messages_per_s"] / rate, 2),
-           "ratio_indexed_over_importer": round(raw["indexed_copy_messages_per_s"] / rate, 2),
-           "rerun_s": again["import_s"], "rerun_peak_rss_mb": again["peak_rss_mb"],
-           "rerun_messages_inserted": again["messages"]}
-    print(json.dumps(out), flush=True)
-    return out
+    results = []
+    for w in writers:
+        name = f"bench_{n}x{m}_w{w}"
+        admin = await asyncpg.connect(pg.dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        dsn = pg.dsn.rsplit("/", 1)[0] + "/" + name
+        await db.migrate(dsn)
+        data = work / f"data-{n}x{m}"
+        shutil.rmtree(data, ignore_errors=True)
+        first = run_importer(export, dsn, data, work / f"report-{n}x{m}.json", w)
+        again = run_importer(export, dsn, data, work / f"report-{n}x{m}-rerun.json", w)
+        raw = await raw_copy(dsn)
+        rate = first["messages"] / first["import_s"]
+        out = {"size": f"{n}x{m}", "conversations": n, "messages_per_conversation": m,
+               "writers": w, "generate_s": round(gen_s, 1), **first,
+               "importer_messages_per_s": round(rate), **raw,
+               "ratio_raw_over_importer": round(raw["raw_messages_per_s"] / rate, 2),
+               "ratio_indexed_over_importer": round(
+                   raw["indexed_copy_messages_per_s"] / rate, 2),
+               "ratio_no_gram_over_importer": round(
+                   raw["no_gram_copy_messages_per_s"] / rate, 2),
+               "rerun_s": again["import_s"], "rerun_peak_rss_mb": again["peak_rss_mb"],
+               "rerun_messages_inserted": again["messages"],
+               "load_avg_1m_after": round(os.getloadavg()[0], 2)}
+        print(json.dumps(out), flush=True)
+        results.append(out)
+        admin = await asyncpg.connect(pg.dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        finally:
+            await admin.close()
+    return results
 
 
 def write_report(results: list[dict[str, Any]], path_md: Path, note: str) -> None:
@@ -169,17 +199,20 @@ def write_report(results: list[dict[str, Any]], path_md: Path, note: str) -> Non
         f"Generated by `loadtests/import_bench.py` on {meta['date']} ({meta['machine']}, "
         f"Python {meta['python']}, embedded PostgreSQL 18 with default settings).",
         "",
-        "| size | messages | attachments | import s | importer msg/s | raw COPY msg/s "
-        "| raw / importer | indexed COPY msg/s | indexed / importer | peak RSS MB "
-        "| re-run s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| size | writers | messages | import s | importer msg/s | raw COPY msg/s "
+        "| raw / importer | indexed COPY msg/s | indexed / importer "
+        "| indexed, no gram index, msg/s | that / importer | peak RSS MB | re-run s "
+        "| load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['size']} | {r['messages']:,} | {r['attachments']:,} | {r['import_s']} "
+            f"| {r['size']} | {r.get('writers', 1)} | {r['messages']:,} | {r['import_s']} "
             f"| {r['importer_messages_per_s']:,} | {r['raw_messages_per_s']:,} "
             f"| {r['ratio_raw_over_importer']}x | {r['indexed_copy_messages_per_s']:,} "
-            f"| {r['ratio_indexed_over_importer']}x | {r['peak_rss_mb']} | {r['rerun_s']} |")
+            f"| {r['ratio_indexed_over_importer']}x | {r['no_gram_copy_messages_per_s']:,} "
+            f"| {r['ratio_no_gram_over_importer']}x | {r['peak_rss_mb']} | {r['rerun_s']} "
+            f"| {r['load_avg_1m_after']} |")
     lines += [
         "",
         "- *import s*: the importer's own clock (export read, mapping, COPY, counters, "
@@ -190,6 +223,12 @@ def write_report(results: list[dict[str, Any]], path_md: Path, note: str) -> Non
         "- *indexed COPY*: the same rows again, in 5,000-row COPYs, into tables that carry "
         "the indexes and foreign keys of `messages` / `message_attachments`: the floor for "
         "any load that keeps the live schema intact while `beseda serve` runs.",
+        "- *indexed, no gram index*: the indexed COPY again with every index and key but "
+        "the GIN gram index `messages_text_grams` (sql/0010_search.sql): the gap between "
+        "the two is what that index costs.",
+        "- *writers*: `--writers`, database connections writing whole conversations in "
+        "parallel (the COPYs above use one).",
+        "- *load avg*: the machine's 1-minute load average right after the size's runs.",
         "- *peak RSS*: the importer process, sampled every 20 ms with psutil.",
         "- *re-run*: a second run over the same export; every conversation is already "
         "done and nothing is written.",
@@ -205,6 +244,8 @@ async def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="500x100,5000x100")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--writers", default="2",
+                    help="comma list of importer --writers values to run per size")
     ap.add_argument("--work", type=Path, default=Path("/tmp/beseda-import-bench"))
     ap.add_argument("--keep", action="store_true", help="keep exports and the cluster")
     ap.add_argument("--note", default="")
@@ -217,7 +258,8 @@ async def main() -> None:
     try:
         for size in args.sizes.split(","):
             n, m = (int(x) for x in size.lower().split("x"))
-            results.append(await bench_size(pg, args.work, n, m, args.seed))
+            results += await bench_size(pg, args.work, n, m, args.seed,
+                                        [int(w) for w in args.writers.split(",")])
     finally:
         pg.stop()
         if not args.keep:

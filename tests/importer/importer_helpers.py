@@ -116,8 +116,10 @@ LOGICAL = {
                        LEFT JOIN messages lr ON lr.id = p.last_read_message_id""",
     "messages": """SELECT c.external_id AS ch, m.seq, m.rev, m.created_rev, m.user_id, m.type,
                           m.content, m.lang, m.metadata, m.message_key, m.created_at,
-                          m.edited_at, m.deleted_at, m.external_id
-                   FROM messages m JOIN chats c ON c.id = m.chat_id""",
+                          m.edited_at, m.deleted_at, m.external_id,
+                          r.external_id AS reply_to
+                   FROM messages m JOIN chats c ON c.id = m.chat_id
+                   LEFT JOIN messages r ON r.id = m.reply_to_id""",
     "attachments": """SELECT m.external_id AS msg, a.uploader_id, a.type, a.mime_type, a.size,
                              a.name, a.storage_key, a.status, a.metadata, a.created_at,
                              a.external_id
@@ -133,3 +135,20 @@ async def logical_digest(conn: asyncpg.Connection) -> dict[str, str]:
             f"SELECT md5(coalesce(string_agg(x::text, E'\\n' ORDER BY x::text), '')) "
             f"FROM ({sql}) x")
     return out
+
+
+async def check_replies(conn: asyncpg.Connection, report: dict[str, Any]) -> int:
+    """Every linked reply points at the message with reply_to_index in its own chat,
+    and every reply the export can resolve is linked. Returns the linked count."""
+    bad = await conn.fetchval(
+        """SELECT count(*) FROM messages m JOIN messages r ON r.id = m.reply_to_id
+           WHERE r.chat_id <> m.chat_id OR r.seq >= m.seq
+              OR (r.metadata #>> '{twilio,index}') IS DISTINCT FROM
+                 (m.metadata #>> '{twilio,attributes,reply_to_index}')""")
+    assert bad == 0
+    linked = await conn.fetchval("SELECT count(*) FROM messages WHERE reply_to_id IS NOT NULL")
+    o = report["other_counts"]
+    assert o["replies"] > 0
+    assert linked == (o["replies"] - o["replies_bad_index"] - o["replies_to_later_index"]
+                      - o["replies_target_not_in_export"])
+    return int(linked)

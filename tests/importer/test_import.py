@@ -18,6 +18,7 @@ from importer import cli
 
 from importer_helpers import (
     REPO,
+    check_replies,
     checksums,
     full_digest,
     importer_argv,
@@ -154,6 +155,10 @@ async def test_import_is_exact_and_rerun_changes_nothing(fresh_db: str, std_expo
     conn = await asyncpg.connect(fresh_db)
     try:
         await check_database(conn, std_export, data)
+        linked = await check_replies(conn, report)
+        assert report["run"]["replies_linked"] == linked
+        assert report["run"]["replies_unlinked"] == report["other_counts"][
+            "replies_target_not_in_export"]
         before = await full_digest(conn)
         r2 = tmp_path / "r2.json"
         assert await cli.run_async(importer_argv(std_export, fresh_db, data,
