@@ -50,7 +50,6 @@ _DEFERRED_INDEXES = {
     "messages_chat_live_seq_idx": "CREATE INDEX messages_chat_live_seq_idx ON messages "
     "(chat_id, seq DESC) WHERE deleted_at IS NULL",
     "messages_chat_rev_idx": "CREATE INDEX messages_chat_rev_idx ON messages (chat_id, rev)",
-    "messages_user_idx": "CREATE INDEX messages_user_idx ON messages (user_id, created_at DESC)",
 }
 
 _VOCAB = {

@@ -344,6 +344,8 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     p.add_argument("--factor", type=float, help="ramp multiplier between steps")
     p.add_argument("--p99-limit-ms", type=float, default=250.0)
     p.add_argument("--profile", action="store_true", help="run servers under py-spy record")
+    p.add_argument("--beseda-env", action="append", default=[], metavar="BESEDA_X=V",
+                   help="extra setting for the Beseda server (repeatable; listed in the report)")
     p.add_argument("--wait-quiet", type=float, default=None, metavar="S",
                    help="before each scenario wait up to S s for the shared machine's other "
                         "load to drop under --quiet-pct (default 60 s, --quick 0)")
@@ -374,6 +376,17 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     for t in cfg.targets:
         if t not in TARGETS:
             p.error(f"unknown target {t!r}; known: {', '.join(TARGETS)}")
+    extra: dict[str, str] = {}
+    for item in a.beseda_env:
+        key, sep, val = item.partition("=")
+        if not sep or not key.startswith("BESEDA_"):
+            p.error(f"--beseda-env takes BESEDA_NAME=value, not {item!r}")
+        extra[key] = val
+    if extra:
+        from loadtests.targets import BesedaTarget
+
+        BesedaTarget.overrides = {**BesedaTarget.overrides, **extra}
+        BesedaTarget.notes = BesedaTarget.notes + [f"{k}={v} (--beseda-env)" for k, v in extra.items()]
     return cfg, a
 
 
