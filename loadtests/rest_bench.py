@@ -31,11 +31,10 @@ import asyncpg
 
 from wsserver import db
 from wsserver.auth import mint
-from wsserver.chatlist import _DECORATE, _LIST_SQL, _VISIBLE
+from wsserver.chatlist import _DECORATE, _DETAIL_SQL, _LIST_SQL, _VISIBLE
 from wsserver.config import Settings
 from wsserver.embedded_pg import EmbeddedPostgres
 from wsserver.search import parse
-from wsserver.store import ATTACHMENTS_COL, MSG_COLS
 
 REPORTS = Path(__file__).resolve().parent / "reports"
 SECRET = "bench-secret-" + "b" * 40
@@ -327,23 +326,7 @@ def scenarios(settings: Settings, counts: dict[str, Any]) -> list[Scenario]:
 
     async def get_chat_sql(conn: asyncpg.Connection, i: int) -> None:
         c = chat_of(i)
-        b = buyer_of(c)
-        await conn.fetchrow("SELECT locale, is_demo FROM users WHERE id = $1", b)
-        await conn.fetchval(
-            f"""WITH {_VISIBLE} SELECT 1 FROM vis JOIN chats c ON c.id = vis.id
-                 AND c.deleted_at IS NULL WHERE vis.id = $3""", b, False, c)
-        await conn.fetch(
-            f"WITH page AS (SELECT c.* FROM chats c WHERE c.id = ANY($2::bigint[])) {_DECORATE}",
-            b, [c], "ru")
-        await conn.fetch(
-            """SELECT p.user_id, p.role, u.name, u.role AS user_role, p.last_read_message_id,
-                      p.joined_at
-                 FROM chat_participants p LEFT JOIN users u ON u.id = p.user_id
-                WHERE p.chat_id = $1 AND p.left_at IS NULL ORDER BY p.joined_at, p.user_id""", c)
-        await conn.fetch(
-            f"""SELECT {MSG_COLS}, {ATTACHMENTS_COL} FROM messages m
-                 WHERE m.chat_id = $1 AND m.deleted_at IS NULL ORDER BY m.seq DESC LIMIT $2""",
-            c, 50)
+        await conn.fetchrow(_DETAIL_SQL, buyer_of(c), False, c, "ru", 50)
 
     buyer_tokens: dict[int, str] = {}
 

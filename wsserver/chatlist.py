@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import msgspec
 import regex
 
 from .errors import Forbidden, NotFound
 from .search import SearchQuery
-from .store import ATTACHMENTS_COL, MSG_COLS, Store, iso, message_out
+from . import store as store_module
+from .store import ATTACHMENTS_COL, MSG_COLS, Store, iso
 
 PREVIEW_MAX_CHARS = 200
 SEARCH_MAX_CHATS = 1000
@@ -37,14 +39,15 @@ vis AS (
      WHERE $2 AND o.manager_id = $1
 )"""
 
-# Decorates the rows of `page` (chats) with unread and the preview; $1 user, $3 locale.
-_DECORATE = """
+# Decorates the rows of `page` (chats) with unread and the preview; $1 user, and
+# the locale in `%(loc)s` ($3 in lists and search).
+_DECORATE_TEMPLATE = """
 SELECT pg.id, pg.name, pg.type, pg."group", pg.status, pg.order_id, pg.verification_id,
        pg.metadata, pg.created_at, pg.updated_at, pg.last_message_at,
        CASE WHEN me.user_id IS NULL THEN 0
             ELSE GREATEST(pg.last_seq - me.last_read_seq, 0) END AS unread,
        lm.id AS lm_id, lm.user_id AS lm_user_id, lm.created_at AS lm_created_at,
-       left(COALESCE(lm.content ->> $3, lm.content ->> lm.lang), %(chars)d) AS lm_text
+       left(COALESCE(lm.content ->> %(loc)s, lm.content ->> lm.lang), %(chars)d) AS lm_text
   FROM page pg
   LEFT JOIN chat_participants me
          ON me.chat_id = pg.id AND me.user_id = $1 AND me.left_at IS NULL
@@ -54,7 +57,14 @@ SELECT pg.id, pg.name, pg.type, pg."group", pg.status, pg.order_id, pg.verificat
          WHERE m.chat_id = pg.id AND m.deleted_at IS NULL
          ORDER BY m.seq DESC LIMIT 1) lm ON true
  ORDER BY pg.updated_at DESC, pg.id DESC
-""" % {"chars": PREVIEW_MAX_CHARS * 2}
+"""
+
+
+def _decorate(loc: str) -> str:
+    return _DECORATE_TEMPLATE % {"loc": loc, "chars": PREVIEW_MAX_CHARS * 2}
+
+
+_DECORATE = _decorate("$3")
 
 _LIST_SQL = f"""
 WITH {_VISIBLE},
@@ -91,6 +101,60 @@ SELECT v.id FROM unnest($1::bigint[]) AS v(id)
     SELECT 1 FROM messages m
      WHERE m.chat_id = v.id AND m.deleted_at IS NULL
        AND beseda_norm(beseda_message_text(m.content)) LIKE ALL ($2::text[]))"""
+
+
+
+def _iso_sql(col: str) -> str:
+    """A timestamptz as `iso()` writes it: UTC, microseconds, `Z`."""
+    return f"""to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+
+
+# One chat for get-chat in one statement: the caller's demo flag, the chat (only if
+# visible) decorated as in lists, and its participants and latest messages as JSON
+# (UTF-8 bytes) in the wire shape (`message_out`'s fields and order), oldest first. $1 user,
+# $2 manager, $3 chat, $4 default locale, $5 messages. Attachments are listed
+# without their signed links, which only the adapter can make: `with_attachments`
+# says when to add them.
+_DETAIL_SQL = f"""
+WITH {_VISIBLE},
+caller AS (SELECT u.locale, u.is_demo FROM (SELECT 1) AS one LEFT JOIN users u ON u.id = $1),
+page AS (
+    SELECT c.* FROM chats c JOIN vis ON vis.id = c.id
+     WHERE c.id = $3 AND c.deleted_at IS NULL
+),
+item AS ({_decorate("(SELECT COALESCE(caller.locale, $4::text) FROM caller)")})
+SELECT caller.is_demo, item.*,
+       (SELECT convert_to(json_agg(json_build_object(
+                   'user_id', p.user_id, 'name', u.name, 'role', p.role,
+                   'user_role', u.role, 'last_read_message_id', p.last_read_message_id,
+                   'joined_at', {_iso_sql("p.joined_at")})
+                   ORDER BY p.joined_at, p.user_id)::text, 'UTF8')
+          FROM chat_participants p LEFT JOIN users u ON u.id = p.user_id
+         WHERE p.chat_id = item.id AND p.left_at IS NULL) AS participants_json,
+       convert_to(msgs.messages_json::text, 'UTF8') AS messages_json, msgs.with_attachments
+  FROM caller
+  LEFT JOIN item ON true
+  LEFT JOIN LATERAL (
+        SELECT json_agg(json_build_object(
+                   'id', m.id, 'chat_id', m.chat_id, 'seq', m.seq, 'rev', m.rev,
+                   'user_id', m.user_id, 'type', m.type,
+                   'content', json_build_object(
+                       'ru', m.content -> 'ru', 'en', m.content -> 'en', 'zh', m.content -> 'zh'),
+                   'lang', m.lang,
+                   'metadata', CASE WHEN m.metadata IN ('null', 'false', '0', '""', '[]')
+                                    THEN '{{}}'::jsonb ELSE m.metadata END,
+                   'attachments', m.attachments,
+                   'reply_to_id', m.reply_to_id, 'message_key', m.message_key,
+                   'created_at', {_iso_sql("m.created_at")},
+                   'edited_at', {_iso_sql("m.edited_at")},
+                   'deleted_at', {_iso_sql("m.deleted_at")})
+                   ORDER BY m.seq) AS messages_json,
+               bool_or(m.attachments <> '[]'::jsonb) AS with_attachments
+          FROM (SELECT {MSG_COLS}, {ATTACHMENTS_COL} FROM messages m
+                 WHERE m.chat_id = item.id AND m.deleted_at IS NULL
+                 ORDER BY m.seq DESC LIMIT $5) AS m
+  ) AS msgs ON true
+"""
 
 
 async def _column(conn: asyncpg.Connection, sql: str, *args: Any) -> list[Any]:
@@ -327,44 +391,42 @@ class ChatList:
             raise NotFound("chat not found")
 
     async def chat_detail(self, who: Viewer, chat_id: int, messages: int = 50) -> dict[str, Any]:
+        """The chat as in lists, with `participants` and its latest `messages`: one
+        statement; the JSON of both lists is made by PostgreSQL and passed through."""
         async with self.store.connection() as conn:
-            loc = await self.locale(conn, who)
-            visible = await conn.fetchval(
-                f"""WITH {_VISIBLE}
-                    SELECT 1 FROM vis JOIN chats c ON c.id = vis.id AND c.deleted_at IS NULL
-                     WHERE vis.id = $3""",
-                who.user_id, who.is_manager, chat_id,
+            row = await conn.fetchrow(
+                _DETAIL_SQL, who.user_id, who.is_manager, chat_id, self.store.default_lang, messages
             )
-            if visible is None:
-                raise NotFound("chat not found")
-            items = await self.items(conn, who, loc, [chat_id])
-            parts = await conn.fetch(
-                """SELECT p.user_id, p.role, u.name, u.role AS user_role, p.last_read_message_id,
-                          p.joined_at
-                     FROM chat_participants p LEFT JOIN users u ON u.id = p.user_id
-                    WHERE p.chat_id = $1 AND p.left_at IS NULL ORDER BY p.joined_at, p.user_id""",
-                chat_id,
-            )
-            rows = await conn.fetch(
-                f"""SELECT {MSG_COLS}, {ATTACHMENTS_COL} FROM messages m
-                     WHERE m.chat_id = $1 AND m.deleted_at IS NULL
-                     ORDER BY m.seq DESC LIMIT $2""",
-                chat_id, messages,
-            )
-        out = items[0]
-        out["participants"] = [
-            {
-                "user_id": p["user_id"],
-                "name": p["name"],
-                "role": p["role"],
-                "user_role": p["user_role"],
-                "last_read_message_id": p["last_read_message_id"],
-                "joined_at": iso(p["joined_at"]),
-            }
-            for p in parts
-        ]
-        out["messages"] = [message_out(r) for r in reversed(rows)]
+        assert row is not None  # one row always: the caller's, even when unknown
+        if row["is_demo"] and who.refuse_demo:
+            raise Forbidden("demo accounts may not call this endpoint")
+        if row["id"] is None:
+            raise NotFound("chat not found")
+        out = chat_item(row)
+        out["participants"] = _raw_json(row["participants_json"])
+        out["messages"] = _messages_json(row["messages_json"], row["with_attachments"])
         return out
+
+
+def _raw_json(text: bytes | None) -> msgspec.Raw:
+    """A JSON array from PostgreSQL, compacted (its `json` output spaces the
+    separators); none is an empty list."""
+    if text is None:
+        return msgspec.Raw(b"[]")
+    return msgspec.Raw(msgspec.json.format(text, indent=-1))
+
+
+def _messages_json(text: bytes | None, with_attachments: bool | None) -> Any:
+    """Messages as wire JSON; those with attachments get their signed links, which
+    needs the list decoded (rare: most pages have none)."""
+    if not with_attachments or store_module.attachment_url is None:
+        return _raw_json(text)
+    url = store_module.attachment_url
+    decoded: list[dict[str, Any]] = msgspec.json.decode(text or b"[]")
+    for msg in decoded:
+        if msg["attachments"]:
+            msg["attachments"] = [{**a, "url": url(a["id"])} for a in msg["attachments"]]
+    return decoded
 
 
 def order_view(
