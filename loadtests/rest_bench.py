@@ -286,38 +286,26 @@ def scenarios(settings: Settings, counts: dict[str, Any]) -> list[Scenario]:
     words = ["доставка", "invoice", "订单", "发货", "склад", "refund"]
 
     def search_sql_for(role: str, user: Any) -> Any:
-        """The statements ChatList.search runs, in order (the choice between the
-        per-chat and the index path follows the same rule)."""
+        """The statements the manager search runs, in order: the same ChatList
+        code on a plain connection (its walk decides how many statements run),
+        without the HTTP layer and the response's JSON."""
         from wsserver import chatlist as cl
+
+        lister = cl.ChatList(None)  # type: ignore[arg-type]
 
         async def run(conn: asyncpg.Connection, i: int) -> None:
             uid = user(i)
             q = parse(words[max(i, 0) % len(words)])
+            who = cl.Viewer(uid, role)
             await conn.fetchrow("SELECT locale, is_demo FROM users WHERE id = $1", uid)
-            vis_rows = await conn.fetch(
-                f"""WITH {_VISIBLE} SELECT c.id, c.last_seq FROM vis JOIN chats c
-                     ON c.id = vis.id WHERE c.deleted_at IS NULL""", uid, role == "manager")
-            visible = {r["id"] for r in vis_rows}
-            grams, patterns = list(q.grams), list(q.patterns)
-            hits = {r[0] for r in await conn.fetch(cl._CHAT_NAME_SQL, grams, patterns)}
-            hits |= {r[0] for r in await conn.fetch(cl._PARTICIPANT_NAME_SQL, grams, patterns, uid)}
-            candidates = list(visible - hits)
-            done = False
-            if sum(r["last_seq"] for r in vis_rows) > cl.SEARCH_PER_CHAT_MAX_MESSAGES:
-                row = await conn.fetchrow(cl._MESSAGE_GRAMS_SQL, grams, patterns, cl.SEARCH_INDEX_CAP)
-                if row["n"] < cl.SEARCH_INDEX_CAP:
-                    hits |= set(row["chats"])
-                    done = True
-            if not done:
-                hits |= {r[0] for r in await conn.fetch(cl._MESSAGE_PER_CHAT_SQL, candidates, patterns)}
-            found = list(hits & visible)
+            ids = await lister._order_page_ids(conn, who, q, cl.Page(1, 50))
             rows = await conn.fetch(
-                f"""SELECT id FROM chats WHERE id = ANY($1::bigint[])
-                     ORDER BY updated_at DESC, id DESC LIMIT {cl.SEARCH_MAX_CHATS}""", found)
-            ids = [r["id"] for r in rows][:50]
-            await conn.fetch(
                 f"WITH page AS (SELECT c.* FROM chats c WHERE c.id = ANY($2::bigint[])) {_DECORATE}",
                 uid, ids, "ru",
+            )
+            await conn.fetch(
+                "SELECT id, buyer_id, manager_id, fulfillment_id FROM orders WHERE id = ANY($1)",
+                [r["order_id"] for r in rows if r["order_id"] is not None],
             )
         return run
 

@@ -26,6 +26,9 @@ SEARCH_MAX_CHATS = 1000
 SEARCH_PER_CHAT_MAX_MESSAGES = 20_000
 # Matching messages read through the gram index before switching to per chat.
 SEARCH_INDEX_CAP = 5_000
+# Chats checked against their messages by one statement at first (then doubling,
+# to 1,024) when a search walks them newest first.
+SEARCH_BATCH = 64
 FULFILLMENT_NONE = "не назначен"
 _GRAPHEME = regex.compile(r"\X")
 
@@ -243,56 +246,52 @@ class ChatList:
 
     # -- search --------------------------------------------------------------------
 
-    async def search_ids(self, conn: asyncpg.Connection, who: Viewer, q: SearchQuery) -> list[int]:
-        """Visible chats matching the query, newest activity first (at most 1,000).
+    async def search_ids(
+        self, conn: asyncpg.Connection, who: Viewer, q: SearchQuery,
+        want: int = SEARCH_MAX_CHATS,
+    ) -> list[int]:
+        """Visible chats matching the query, newest activity first: the first `want`
+        (at most 1,000)."""
+        hits = await self.search_hits(conn, who, q)
+        return await hits.take(want)
+
+    async def search_hits(self, conn: asyncpg.Connection, who: Viewer, q: SearchQuery) -> "_Hits":
+        """The visible chats matching the query, newest activity first, read as far
+        as the caller needs (`_Hits.take`).
 
         Each source is one indexed statement, intersected with the visible chats
         here rather than in one join: the planner cannot estimate how many rows a
         gram lookup returns (a common word matches a large share of all
         messages), and a join planned for one row took seconds. Messages are
-        searched per visible chat when the caller sees few messages, else through
-        the gram index with a cap; past the cap (a very common term), per chat
-        again, where such a term is found at once.
+        searched through the gram index, with a cap, when the caller sees many
+        messages; under the cap that answers every chat at once. Past it (a very
+        common term), or when the caller sees few messages, chats are checked one
+        by one, newest first, only until enough match.
         """
         vis_rows = await conn.fetch(
-            f"""WITH {_VISIBLE} SELECT c.id, c.last_seq FROM vis JOIN chats c ON c.id = vis.id
-                 WHERE c.deleted_at IS NULL""",
+            f"""WITH {_VISIBLE} SELECT c.id, c.last_seq, c.order_id FROM vis
+                 JOIN chats c ON c.id = vis.id WHERE c.deleted_at IS NULL
+                 ORDER BY c.updated_at DESC, c.id DESC""",
             who.user_id, who.is_manager,
         )
-        visible = {r["id"] for r in vis_rows}
-        if not visible:
-            return []
-        hits: set[int] = set()
+        hits = _Hits(conn, vis_rows)
+        if not vis_rows:
+            return hits
         if q.order_id is not None:
             rows = await conn.fetch("SELECT id FROM chats WHERE order_id = $1", q.order_id)
-            hits.update(r["id"] for r in rows)
-        if q.indexable:
-            grams, patterns = list(q.grams), list(q.patterns)
-            hits.update(await _column(conn, _CHAT_NAME_SQL, grams, patterns))
-            hits.update(await _column(conn, _PARTICIPANT_NAME_SQL, grams, patterns, who.user_id))
-            candidates = list(visible - hits)
-            if candidates:
-                hits.update(await self._message_hits(conn, vis_rows, candidates, grams, patterns))
-        found = list(hits & visible)
-        if not found:
-            return []
-        rows = await conn.fetch(
-            f"""SELECT id FROM chats WHERE id = ANY($1::bigint[])
-                 ORDER BY updated_at DESC, id DESC LIMIT {SEARCH_MAX_CHATS}""",
-            found,
-        )
-        return [r["id"] for r in rows]
-
-    async def _message_hits(
-        self, conn: asyncpg.Connection, vis_rows: list[Any], candidates: list[int],
-        grams: list[str], patterns: list[str],
-    ) -> set[int]:
-        visible_messages = sum(r["last_seq"] for r in vis_rows)
-        if visible_messages > SEARCH_PER_CHAT_MAX_MESSAGES:
+            hits.known.update(r["id"] for r in rows)
+        if not q.indexable:
+            return hits
+        grams, patterns = list(q.grams), list(q.patterns)
+        hits.known.update(await _column(conn, _CHAT_NAME_SQL, grams, patterns))
+        hits.known.update(await _column(conn, _PARTICIPANT_NAME_SQL, grams, patterns, who.user_id))
+        if sum(r["last_seq"] for r in vis_rows) > SEARCH_PER_CHAT_MAX_MESSAGES:
             row = await conn.fetchrow(_MESSAGE_GRAMS_SQL, grams, patterns, SEARCH_INDEX_CAP)
             if row["n"] < SEARCH_INDEX_CAP:
-                return set(row["chats"])
-        return set(await _column(conn, _MESSAGE_PER_CHAT_SQL, candidates, patterns))
+                hits.known.update(row["chats"])
+                return hits
+        hits.patterns = patterns
+        return hits
 
     async def items(
         self, conn: asyncpg.Connection, who: Viewer, loc: str, ids: list[int]
@@ -310,7 +309,7 @@ class ChatList:
     ) -> tuple[list[dict[str, Any]], bool]:
         async with self.store.connection() as conn:
             loc = await self.locale(conn, who)
-            ids = await self.search_ids(conn, who, q)
+            ids = await self.search_ids(conn, who, q, page.offset + page.size + 1)
             chosen = ids[page.offset : page.offset + page.size]
             items = await self.items(conn, who, loc, chosen)
         return items, len(ids) > page.offset + page.size
@@ -341,12 +340,35 @@ class ChatList:
             out.append(order_view(order_id, o, chats))
         return out
 
+    async def _order_page_ids(
+        self, conn: asyncpg.Connection, who: Viewer, q: SearchQuery, page: Page
+    ) -> list[int]:
+        """Matching chats enough to fill the page of orders (and tell whether
+        another follows): read newest first until one more order than the page
+        needs, then the other matching chats of the orders reached, so each
+        order shows all of its matching chats. At most 1,000 chats."""
+        hits = await self.search_hits(conn, who, q)
+        need = page.offset + page.size + 1
+        want = min(SEARCH_MAX_CHATS, max(SEARCH_BATCH, need * 2))
+        while True:
+            ids = await hits.take(want)
+            if len(ids) < want or want >= SEARCH_MAX_CHATS:
+                return ids
+            if len({hits.order_of[i] for i in ids}) >= need:
+                break
+            want = min(SEARCH_MAX_CHATS, want * 4)
+        ids = list(hits.found)  # every match read so far, newest first
+        reached = {hits.order_of[i] for i in ids}
+        rest = [c for c in hits.unread() if hits.order_of[c] in reached]
+        more = await hits.matching(rest)
+        return (ids + [c for c in rest if c in more])[:SEARCH_MAX_CHATS]
+
     async def manager_search(
         self, who: Viewer, q: SearchQuery, page: Page
     ) -> tuple[list[dict[str, Any]], bool]:
         async with self.store.connection() as conn:
             loc = await self.locale(conn, who)
-            ids = await self.search_ids(conn, who, q)
+            ids = await self._order_page_ids(conn, who, q, page)
             extra: list[int] = []
             if q.order_id is not None:
                 managed = await conn.fetchval(
@@ -406,6 +428,48 @@ class ChatList:
         out["participants"] = _raw_json(row["participants_json"])
         out["messages"] = _messages_json(row["messages_json"], row["with_attachments"])
         return out
+
+
+class _Hits:
+    """Visible chats (newest activity first) that match a search, found lazily:
+    `known` are matches already known (names, order id, the gram index); with
+    `patterns` set, the other chats are checked against their messages, in
+    growing batches, only as far as `take` needs."""
+
+    def __init__(self, conn: asyncpg.Connection, vis_rows: list[Any]) -> None:
+        self.conn = conn
+        self.ordered: list[int] = [r["id"] for r in vis_rows]
+        self.order_of: dict[int, int | None] = {r["id"]: r["order_id"] for r in vis_rows}
+        self.known: set[int] = set()
+        self.patterns: list[str] | None = None
+        self.found: list[int] = []
+        self._next = 0
+        self._batch = SEARCH_BATCH
+
+    def unread(self) -> list[int]:
+        return self.ordered[self._next :]
+
+    async def matching(self, chats: list[int]) -> set[int]:
+        """Which of these chats match (by what is known, or by a message)."""
+        out = {c for c in chats if c in self.known}
+        check = [c for c in chats if c not in out]
+        if check and self.patterns is not None:
+            out.update(await _column(self.conn, _MESSAGE_PER_CHAT_SQL, check, self.patterns))
+        return out
+
+    async def take(self, want: int) -> list[int]:
+        """The first `want` matching chats (fewer when there are no more)."""
+        want = min(want, SEARCH_MAX_CHATS)
+        if self.patterns is None:
+            self.found = [c for c in self.ordered if c in self.known][:want]
+            return self.found
+        while len(self.found) < want and self._next < len(self.ordered):
+            part = self.ordered[self._next : self._next + self._batch]
+            self._next += len(part)
+            self._batch = min(self._batch * 2, 1024)
+            matched = await self.matching(part)
+            self.found.extend(c for c in part if c in matched)
+        return self.found[:want]
 
 
 def _raw_json(text: bytes | None) -> msgspec.Raw:
