@@ -8,6 +8,7 @@ when a translation exists, cut at a grapheme boundary.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,9 +16,10 @@ import asyncpg
 import msgspec
 import regex
 
+from . import store as store_module
 from .errors import Forbidden, NotFound
 from .search import SearchQuery
-from . import store as store_module
+from .search import grams as search_grams
 from .store import ATTACHMENTS_COL, MSG_COLS, Store, iso
 
 PREVIEW_MAX_CHARS = 200
@@ -223,6 +225,7 @@ class ChatList:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.grams = GramStats()
 
     async def locale(self, conn: asyncpg.Connection, who: Viewer) -> str:
         """The caller's locale; refuses a demo account (by its projection) where the
@@ -265,8 +268,9 @@ class ChatList:
         messages), and a join planned for one row took seconds. Messages are
         searched through the gram index, with a cap, when the caller sees many
         messages; under the cap that answers every chat at once. Past it (a very
-        common term), or when the caller sees few messages, chats are checked one
-        by one, newest first, only until enough match.
+        common term, known beforehand from ANALYZE's statistics or found by
+        reaching the cap), or when the caller sees few messages, chats are checked
+        one by one, newest first, only until enough match.
         """
         vis_rows = await conn.fetch(
             f"""WITH {_VISIBLE} SELECT c.id, c.last_seq, c.order_id FROM vis
@@ -285,7 +289,9 @@ class ChatList:
         grams, patterns = list(q.grams), list(q.patterns)
         hits.known.update(await _column(conn, _CHAT_NAME_SQL, grams, patterns))
         hits.known.update(await _column(conn, _PARTICIPANT_NAME_SQL, grams, patterns, who.user_id))
-        if sum(r["last_seq"] for r in vis_rows) > SEARCH_PER_CHAT_MAX_MESSAGES:
+        if sum(r["last_seq"] for r in vis_rows) > SEARCH_PER_CHAT_MAX_MESSAGES and not (
+            await self.grams.looks_common(conn, q)
+        ):
             row = await conn.fetchrow(_MESSAGE_GRAMS_SQL, grams, patterns, SEARCH_INDEX_CAP)
             if row["n"] < SEARCH_INDEX_CAP:
                 hits.known.update(row["chats"])
@@ -428,6 +434,54 @@ class ChatList:
         out["participants"] = _raw_json(row["participants_json"])
         out["messages"] = _messages_json(row["messages_json"], row["with_attachments"])
         return out
+
+
+# How long the gram frequencies from ANALYZE are reused before being read again.
+GRAM_STATS_TTL_S = 600.0
+# A term is taken as common (the capped index read is skipped) when the estimate
+# is this many times the cap.
+GRAM_STATS_MARGIN = 2
+
+_GRAM_STATS_SQL = """
+SELECT x.gram, x.freq, (SELECT reltuples FROM pg_class WHERE oid = 'messages_text_grams'::regclass)
+       AS rows
+  FROM pg_stats s
+ CROSS JOIN LATERAL unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS x(gram, freq)
+ WHERE s.schemaname = current_schema() AND s.tablename = 'messages_text_grams'
+   AND x.gram IS NOT NULL"""
+
+
+class GramStats:
+    """Which search terms match too many messages for the gram index to help,
+    from the frequencies ANALYZE keeps for the index's most common grams (read
+    once per `GRAM_STATS_TTL_S`). Only picks the faster of two exact ways to
+    search: a wrong guess costs time, never results."""
+
+    def __init__(self) -> None:
+        self.freq: dict[str, float] = {}
+        self.rows = 0.0
+        self.read_at: float | None = None
+
+    async def load(self, conn: asyncpg.Connection) -> None:
+        rows = await conn.fetch(_GRAM_STATS_SQL)
+        self.freq = {r["gram"]: float(r["freq"]) for r in rows}
+        self.rows = float(rows[0]["rows"]) if rows else 0.0
+        self.read_at = time.monotonic()
+
+    def estimate(self, q: SearchQuery) -> float:
+        """Messages the query's grams would match: per term its rarest gram (a
+        gram missing from the statistics is rare: 0), terms taken as independent."""
+        share = 1.0
+        for term in q.terms:
+            term_grams = search_grams(term)
+            if term_grams:
+                share *= min(self.freq.get(g, 0.0) for g in term_grams)
+        return share * self.rows
+
+    async def looks_common(self, conn: asyncpg.Connection, q: SearchQuery) -> bool:
+        if self.read_at is None or time.monotonic() - self.read_at > GRAM_STATS_TTL_S:
+            await self.load(conn)
+        return self.estimate(q) > SEARCH_INDEX_CAP * GRAM_STATS_MARGIN
 
 
 class _Hits:

@@ -93,3 +93,46 @@ async def test_manager_search_lists_all_matching_chats_of_an_order(
         assert body["meta"]["has_more"] is (page < 4)
     assert got[0] == (order_ids[0], [chats[0], old])
     assert got[1:] == [(oid, [c]) for oid, c in zip(order_ids[1:], chats[1:], strict=True)]
+
+
+async def test_a_term_common_by_analyze_skips_the_index_and_still_finds_all(
+    api, world, node, monkeypatch
+):
+    """After ANALYZE, a term in most messages is known to be common (its rarest
+    gram's frequency), so the capped index read is skipped; a rare or unknown term
+    is not. Either way the answer is the same, exact one."""
+    import asyncpg
+
+    from wsserver import chatlist
+    from wsserver.search import parse
+
+    monkeypatch.setattr(chatlist, "SEARCH_PER_CHAT_MAX_MESSAGES", 0)
+    monkeypatch.setattr(chatlist, "SEARCH_INDEX_CAP", 2)
+    u = await world.user("client", name="Ульяна")
+    other = await world.user("client", name="Пётр")
+    chats = []
+    for i in range(12):
+        chat = await world.chat([u, other], name=f"чат {i}")
+        for j in range(4):
+            await post(api, chat, other, f"Ваша доставка {j}" if i % 4 else f"склад {j}")
+        chats.append(chat)
+    await _age(world, chats)
+    conn = await asyncpg.connect(world.dsn)
+    try:
+        await conn.execute("ANALYZE messages")
+        stats = chatlist.GramStats()
+        assert await stats.looks_common(conn, parse("ДОСТАВКА"))
+        assert not await stats.looks_common(conn, parse("отсутствует"))
+        assert stats.estimate(parse("доставка")) > stats.estimate(parse("склад")) > 0
+    finally:
+        await conn.close()
+    tok = world.token(u, "client")
+    for query, expected in (
+        ("доставка", [c for i, c in enumerate(chats) if i % 4]),
+        ("склад", [c for i, c in enumerate(chats) if not i % 4]),
+        ("отсутствует", []),
+    ):
+        st, body = await api.get("/api/v1/client/chat/search", tok, query=query, per_page=5)
+        assert st == 200, body
+        assert [c["id"] for c in body["data"]] == expected[:5]
+        assert body["meta"]["has_more"] is (len(expected) > 5)
