@@ -363,11 +363,12 @@ class ChatList:
             if len({hits.order_of[i] for i in ids}) >= need:
                 break
             want = min(SEARCH_MAX_CHATS, want * 4)
-        ids = list(hits.found)  # every match read so far, newest first
         reached = {hits.order_of[i] for i in ids}
+        # Matches already found past `want`, then the chats not yet read.
+        later = [c for c in hits.found[len(ids) :] if hits.order_of[c] in reached]
         rest = [c for c in hits.unread() if hits.order_of[c] in reached]
         more = await hits.matching(rest)
-        return (ids + [c for c in rest if c in more])[:SEARCH_MAX_CHATS]
+        return (ids + later + [c for c in rest if c in more])[:SEARCH_MAX_CHATS]
 
     async def manager_search(
         self, who: Viewer, q: SearchQuery, page: Page
@@ -514,9 +515,11 @@ class _Hits:
     async def take(self, want: int) -> list[int]:
         """The first `want` matching chats (fewer when there are no more)."""
         want = min(want, SEARCH_MAX_CHATS)
-        if self.patterns is None:
-            self.found = [c for c in self.ordered if c in self.known][:want]
-            return self.found
+        if self.patterns is None:  # every match is known: nothing left to read
+            if self._next < len(self.ordered):
+                self.found = [c for c in self.ordered if c in self.known]
+                self._next = len(self.ordered)
+            return self.found[:want]
         while len(self.found) < want and self._next < len(self.ordered):
             part = self.ordered[self._next : self._next + self._batch]
             self._next += len(part)

@@ -94,6 +94,20 @@ async def test_manager_search_lists_all_matching_chats_of_an_order(
     assert got[0] == (order_ids[0], [chats[0], old])
     assert got[1:] == [(oid, [c]) for oid, c in zip(order_ids[1:], chats[1:], strict=True)]
 
+    import asyncpg
+
+    from wsserver.chatlist import ChatList, Page, Viewer
+    from wsserver.search import parse
+
+    conn = await asyncpg.connect(world.dsn)
+    try:
+        ids = await ChatList(None)._order_page_ids(  # type: ignore[arg-type]
+            conn, Viewer(m, "manager"), parse("parcel"), Page(1, 10)
+        )
+    finally:
+        await conn.close()
+    assert len(ids) == len(set(ids)) and old in ids and ids[:11] == chats[:11]
+
 
 async def test_a_term_common_by_analyze_skips_the_index_and_still_finds_all(
     api, world, node, monkeypatch
