@@ -31,11 +31,10 @@ import asyncpg
 
 from wsserver import db
 from wsserver.auth import mint
-from wsserver.chatlist import _DECORATE, _LIST_SQL, _VISIBLE
+from wsserver.chatlist import _DECORATE, _DETAIL_SQL, _LIST_SQL, _VISIBLE
 from wsserver.config import Settings
 from wsserver.embedded_pg import EmbeddedPostgres
 from wsserver.search import parse
-from wsserver.store import ATTACHMENTS_COL, MSG_COLS
 
 REPORTS = Path(__file__).resolve().parent / "reports"
 SECRET = "bench-secret-" + "b" * 40
@@ -286,38 +285,26 @@ def scenarios(settings: Settings, counts: dict[str, Any]) -> list[Scenario]:
     words = ["доставка", "invoice", "订单", "发货", "склад", "refund"]
 
     def search_sql_for(role: str, user: Any) -> Any:
-        """The statements ChatList.search runs, in order (the choice between the
-        per-chat and the index path follows the same rule)."""
+        """The statements the manager search runs, in order: the same ChatList
+        code on a plain connection (its walk decides how many statements run),
+        without the HTTP layer and the response's JSON."""
         from wsserver import chatlist as cl
+
+        lister = cl.ChatList(None)  # type: ignore[arg-type]
 
         async def run(conn: asyncpg.Connection, i: int) -> None:
             uid = user(i)
             q = parse(words[max(i, 0) % len(words)])
+            who = cl.Viewer(uid, role)
             await conn.fetchrow("SELECT locale, is_demo FROM users WHERE id = $1", uid)
-            vis_rows = await conn.fetch(
-                f"""WITH {_VISIBLE} SELECT c.id, c.last_seq FROM vis JOIN chats c
-                     ON c.id = vis.id WHERE c.deleted_at IS NULL""", uid, role == "manager")
-            visible = {r["id"] for r in vis_rows}
-            grams, patterns = list(q.grams), list(q.patterns)
-            hits = {r[0] for r in await conn.fetch(cl._CHAT_NAME_SQL, grams, patterns)}
-            hits |= {r[0] for r in await conn.fetch(cl._PARTICIPANT_NAME_SQL, grams, patterns, uid)}
-            candidates = list(visible - hits)
-            done = False
-            if sum(r["last_seq"] for r in vis_rows) > cl.SEARCH_PER_CHAT_MAX_MESSAGES:
-                row = await conn.fetchrow(cl._MESSAGE_GRAMS_SQL, grams, patterns, cl.SEARCH_INDEX_CAP)
-                if row["n"] < cl.SEARCH_INDEX_CAP:
-                    hits |= set(row["chats"])
-                    done = True
-            if not done:
-                hits |= {r[0] for r in await conn.fetch(cl._MESSAGE_PER_CHAT_SQL, candidates, patterns)}
-            found = list(hits & visible)
+            ids = await lister._order_page_ids(conn, who, q, cl.Page(1, 50))
             rows = await conn.fetch(
-                f"""SELECT id FROM chats WHERE id = ANY($1::bigint[])
-                     ORDER BY updated_at DESC, id DESC LIMIT {cl.SEARCH_MAX_CHATS}""", found)
-            ids = [r["id"] for r in rows][:50]
-            await conn.fetch(
                 f"WITH page AS (SELECT c.* FROM chats c WHERE c.id = ANY($2::bigint[])) {_DECORATE}",
                 uid, ids, "ru",
+            )
+            await conn.fetch(
+                "SELECT id, buyer_id, manager_id, fulfillment_id FROM orders WHERE id = ANY($1)",
+                [r["order_id"] for r in rows if r["order_id"] is not None],
             )
         return run
 
@@ -326,23 +313,7 @@ def scenarios(settings: Settings, counts: dict[str, Any]) -> list[Scenario]:
 
     async def get_chat_sql(conn: asyncpg.Connection, i: int) -> None:
         c = chat_of(i)
-        b = buyer_of(c)
-        await conn.fetchrow("SELECT locale, is_demo FROM users WHERE id = $1", b)
-        await conn.fetchval(
-            f"""WITH {_VISIBLE} SELECT 1 FROM vis JOIN chats c ON c.id = vis.id
-                 AND c.deleted_at IS NULL WHERE vis.id = $3""", b, False, c)
-        await conn.fetch(
-            f"WITH page AS (SELECT c.* FROM chats c WHERE c.id = ANY($2::bigint[])) {_DECORATE}",
-            b, [c], "ru")
-        await conn.fetch(
-            """SELECT p.user_id, p.role, u.name, u.role AS user_role, p.last_read_message_id,
-                      p.joined_at
-                 FROM chat_participants p LEFT JOIN users u ON u.id = p.user_id
-                WHERE p.chat_id = $1 AND p.left_at IS NULL ORDER BY p.joined_at, p.user_id""", c)
-        await conn.fetch(
-            f"""SELECT {MSG_COLS}, {ATTACHMENTS_COL} FROM messages m
-                 WHERE m.chat_id = $1 AND m.deleted_at IS NULL ORDER BY m.seq DESC LIMIT $2""",
-            c, 50)
+        await conn.fetchrow(_DETAIL_SQL, buyer_of(c), False, c, "ru", 50)
 
     buyer_tokens: dict[int, str] = {}
 

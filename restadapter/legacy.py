@@ -105,3 +105,13 @@ routes = [
     Route("/api/v1/manager/chat/search", manager_search, methods=["GET"]),
     Route("/api/v1/manager/chat/getChat", manager_get_chat, methods=["GET"]),
 ]
+
+# The reads that skip Starlette's middleware and router (`app._App`): GET only.
+direct = {
+    "/api/v1/buyer/chat/get-chat": buyer_get_chat,
+    **{
+        r.path: r.endpoint
+        for r in routes
+        if r.path in ("/api/v1/buyer/chat", "/api/v1/client/chat", "/api/v1/manager/chat")
+    },
+}

@@ -8,15 +8,19 @@ when a translation exists, cut at a grapheme boundary.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import msgspec
 import regex
 
+from . import store as store_module
 from .errors import Forbidden, NotFound
 from .search import SearchQuery
-from .store import ATTACHMENTS_COL, MSG_COLS, Store, iso, message_out
+from .search import grams as search_grams
+from .store import ATTACHMENTS_COL, MSG_COLS, Store, iso
 
 PREVIEW_MAX_CHARS = 200
 SEARCH_MAX_CHATS = 1000
@@ -24,6 +28,9 @@ SEARCH_MAX_CHATS = 1000
 SEARCH_PER_CHAT_MAX_MESSAGES = 20_000
 # Matching messages read through the gram index before switching to per chat.
 SEARCH_INDEX_CAP = 5_000
+# Chats checked against their messages by one statement at first (then doubling,
+# to 1,024) when a search walks them newest first.
+SEARCH_BATCH = 64
 FULFILLMENT_NONE = "не назначен"
 _GRAPHEME = regex.compile(r"\X")
 
@@ -37,14 +44,15 @@ vis AS (
      WHERE $2 AND o.manager_id = $1
 )"""
 
-# Decorates the rows of `page` (chats) with unread and the preview; $1 user, $3 locale.
-_DECORATE = """
+# Decorates the rows of `page` (chats) with unread and the preview; $1 user, and
+# the locale in `%(loc)s` ($3 in lists and search).
+_DECORATE_TEMPLATE = """
 SELECT pg.id, pg.name, pg.type, pg."group", pg.status, pg.order_id, pg.verification_id,
        pg.metadata, pg.created_at, pg.updated_at, pg.last_message_at,
        CASE WHEN me.user_id IS NULL THEN 0
             ELSE GREATEST(pg.last_seq - me.last_read_seq, 0) END AS unread,
        lm.id AS lm_id, lm.user_id AS lm_user_id, lm.created_at AS lm_created_at,
-       left(COALESCE(lm.content ->> $3, lm.content ->> lm.lang), %(chars)d) AS lm_text
+       left(COALESCE(lm.content ->> %(loc)s, lm.content ->> lm.lang), %(chars)d) AS lm_text
   FROM page pg
   LEFT JOIN chat_participants me
          ON me.chat_id = pg.id AND me.user_id = $1 AND me.left_at IS NULL
@@ -54,7 +62,14 @@ SELECT pg.id, pg.name, pg.type, pg."group", pg.status, pg.order_id, pg.verificat
          WHERE m.chat_id = pg.id AND m.deleted_at IS NULL
          ORDER BY m.seq DESC LIMIT 1) lm ON true
  ORDER BY pg.updated_at DESC, pg.id DESC
-""" % {"chars": PREVIEW_MAX_CHARS * 2}
+"""
+
+
+def _decorate(loc: str) -> str:
+    return _DECORATE_TEMPLATE % {"loc": loc, "chars": PREVIEW_MAX_CHARS * 2}
+
+
+_DECORATE = _decorate("$3")
 
 _LIST_SQL = f"""
 WITH {_VISIBLE},
@@ -91,6 +106,60 @@ SELECT v.id FROM unnest($1::bigint[]) AS v(id)
     SELECT 1 FROM messages m
      WHERE m.chat_id = v.id AND m.deleted_at IS NULL
        AND beseda_norm(beseda_message_text(m.content)) LIKE ALL ($2::text[]))"""
+
+
+
+def _iso_sql(col: str) -> str:
+    """A timestamptz as `iso()` writes it: UTC, microseconds, `Z`."""
+    return f"""to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+
+
+# One chat for get-chat in one statement: the caller's demo flag, the chat (only if
+# visible) decorated as in lists, and its participants and latest messages as JSON
+# (UTF-8 bytes) in the wire shape (`message_out`'s fields and order), oldest first. $1 user,
+# $2 manager, $3 chat, $4 default locale, $5 messages. Attachments are listed
+# without their signed links, which only the adapter can make: `with_attachments`
+# says when to add them.
+_DETAIL_SQL = f"""
+WITH {_VISIBLE},
+caller AS (SELECT u.locale, u.is_demo FROM (SELECT 1) AS one LEFT JOIN users u ON u.id = $1),
+page AS (
+    SELECT c.* FROM chats c JOIN vis ON vis.id = c.id
+     WHERE c.id = $3 AND c.deleted_at IS NULL
+),
+item AS ({_decorate("(SELECT COALESCE(caller.locale, $4::text) FROM caller)")})
+SELECT caller.is_demo, item.*,
+       (SELECT convert_to(json_agg(json_build_object(
+                   'user_id', p.user_id, 'name', u.name, 'role', p.role,
+                   'user_role', u.role, 'last_read_message_id', p.last_read_message_id,
+                   'joined_at', {_iso_sql("p.joined_at")})
+                   ORDER BY p.joined_at, p.user_id)::text, 'UTF8')
+          FROM chat_participants p LEFT JOIN users u ON u.id = p.user_id
+         WHERE p.chat_id = item.id AND p.left_at IS NULL) AS participants_json,
+       convert_to(msgs.messages_json::text, 'UTF8') AS messages_json, msgs.with_attachments
+  FROM caller
+  LEFT JOIN item ON true
+  LEFT JOIN LATERAL (
+        SELECT json_agg(json_build_object(
+                   'id', m.id, 'chat_id', m.chat_id, 'seq', m.seq, 'rev', m.rev,
+                   'user_id', m.user_id, 'type', m.type,
+                   'content', json_build_object(
+                       'ru', m.content -> 'ru', 'en', m.content -> 'en', 'zh', m.content -> 'zh'),
+                   'lang', m.lang,
+                   'metadata', CASE WHEN m.metadata IN ('null', 'false', '0', '""', '[]')
+                                    THEN '{{}}'::jsonb ELSE m.metadata END,
+                   'attachments', m.attachments,
+                   'reply_to_id', m.reply_to_id, 'message_key', m.message_key,
+                   'created_at', {_iso_sql("m.created_at")},
+                   'edited_at', {_iso_sql("m.edited_at")},
+                   'deleted_at', {_iso_sql("m.deleted_at")})
+                   ORDER BY m.seq) AS messages_json,
+               bool_or(m.attachments <> '[]'::jsonb) AS with_attachments
+          FROM (SELECT {MSG_COLS}, {ATTACHMENTS_COL} FROM messages m
+                 WHERE m.chat_id = item.id AND m.deleted_at IS NULL
+                 ORDER BY m.seq DESC LIMIT $5) AS m
+  ) AS msgs ON true
+"""
 
 
 async def _column(conn: asyncpg.Connection, sql: str, *args: Any) -> list[Any]:
@@ -156,6 +225,7 @@ class ChatList:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.grams = GramStats()
 
     async def locale(self, conn: asyncpg.Connection, who: Viewer) -> str:
         """The caller's locale; refuses a demo account (by its projection) where the
@@ -179,56 +249,55 @@ class ChatList:
 
     # -- search --------------------------------------------------------------------
 
-    async def search_ids(self, conn: asyncpg.Connection, who: Viewer, q: SearchQuery) -> list[int]:
-        """Visible chats matching the query, newest activity first (at most 1,000).
+    async def search_ids(
+        self, conn: asyncpg.Connection, who: Viewer, q: SearchQuery,
+        want: int = SEARCH_MAX_CHATS,
+    ) -> list[int]:
+        """Visible chats matching the query, newest activity first: the first `want`
+        (at most 1,000)."""
+        hits = await self.search_hits(conn, who, q)
+        return await hits.take(want)
+
+    async def search_hits(self, conn: asyncpg.Connection, who: Viewer, q: SearchQuery) -> "_Hits":
+        """The visible chats matching the query, newest activity first, read as far
+        as the caller needs (`_Hits.take`).
 
         Each source is one indexed statement, intersected with the visible chats
         here rather than in one join: the planner cannot estimate how many rows a
         gram lookup returns (a common word matches a large share of all
         messages), and a join planned for one row took seconds. Messages are
-        searched per visible chat when the caller sees few messages, else through
-        the gram index with a cap; past the cap (a very common term), per chat
-        again, where such a term is found at once.
+        searched through the gram index, with a cap, when the caller sees many
+        messages; under the cap that answers every chat at once. Past it (a very
+        common term, known beforehand from ANALYZE's statistics or found by
+        reaching the cap), or when the caller sees few messages, chats are checked
+        one by one, newest first, only until enough match.
         """
         vis_rows = await conn.fetch(
-            f"""WITH {_VISIBLE} SELECT c.id, c.last_seq FROM vis JOIN chats c ON c.id = vis.id
-                 WHERE c.deleted_at IS NULL""",
+            f"""WITH {_VISIBLE} SELECT c.id, c.last_seq, c.order_id FROM vis
+                 JOIN chats c ON c.id = vis.id WHERE c.deleted_at IS NULL
+                 ORDER BY c.updated_at DESC, c.id DESC""",
             who.user_id, who.is_manager,
         )
-        visible = {r["id"] for r in vis_rows}
-        if not visible:
-            return []
-        hits: set[int] = set()
+        hits = _Hits(conn, vis_rows)
+        if not vis_rows:
+            return hits
         if q.order_id is not None:
             rows = await conn.fetch("SELECT id FROM chats WHERE order_id = $1", q.order_id)
-            hits.update(r["id"] for r in rows)
-        if q.indexable:
-            grams, patterns = list(q.grams), list(q.patterns)
-            hits.update(await _column(conn, _CHAT_NAME_SQL, grams, patterns))
-            hits.update(await _column(conn, _PARTICIPANT_NAME_SQL, grams, patterns, who.user_id))
-            candidates = list(visible - hits)
-            if candidates:
-                hits.update(await self._message_hits(conn, vis_rows, candidates, grams, patterns))
-        found = list(hits & visible)
-        if not found:
-            return []
-        rows = await conn.fetch(
-            f"""SELECT id FROM chats WHERE id = ANY($1::bigint[])
-                 ORDER BY updated_at DESC, id DESC LIMIT {SEARCH_MAX_CHATS}""",
-            found,
-        )
-        return [r["id"] for r in rows]
-
-    async def _message_hits(
-        self, conn: asyncpg.Connection, vis_rows: list[Any], candidates: list[int],
-        grams: list[str], patterns: list[str],
-    ) -> set[int]:
-        visible_messages = sum(r["last_seq"] for r in vis_rows)
-        if visible_messages > SEARCH_PER_CHAT_MAX_MESSAGES:
+            hits.known.update(r["id"] for r in rows)
+        if not q.indexable:
+            return hits
+        grams, patterns = list(q.grams), list(q.patterns)
+        hits.known.update(await _column(conn, _CHAT_NAME_SQL, grams, patterns))
+        hits.known.update(await _column(conn, _PARTICIPANT_NAME_SQL, grams, patterns, who.user_id))
+        if sum(r["last_seq"] for r in vis_rows) > SEARCH_PER_CHAT_MAX_MESSAGES and not (
+            await self.grams.looks_common(conn, q)
+        ):
             row = await conn.fetchrow(_MESSAGE_GRAMS_SQL, grams, patterns, SEARCH_INDEX_CAP)
             if row["n"] < SEARCH_INDEX_CAP:
-                return set(row["chats"])
-        return set(await _column(conn, _MESSAGE_PER_CHAT_SQL, candidates, patterns))
+                hits.known.update(row["chats"])
+                return hits
+        hits.patterns = patterns
+        return hits
 
     async def items(
         self, conn: asyncpg.Connection, who: Viewer, loc: str, ids: list[int]
@@ -246,7 +315,7 @@ class ChatList:
     ) -> tuple[list[dict[str, Any]], bool]:
         async with self.store.connection() as conn:
             loc = await self.locale(conn, who)
-            ids = await self.search_ids(conn, who, q)
+            ids = await self.search_ids(conn, who, q, page.offset + page.size + 1)
             chosen = ids[page.offset : page.offset + page.size]
             items = await self.items(conn, who, loc, chosen)
         return items, len(ids) > page.offset + page.size
@@ -277,12 +346,36 @@ class ChatList:
             out.append(order_view(order_id, o, chats))
         return out
 
+    async def _order_page_ids(
+        self, conn: asyncpg.Connection, who: Viewer, q: SearchQuery, page: Page
+    ) -> list[int]:
+        """Matching chats enough to fill the page of orders (and tell whether
+        another follows): read newest first until one more order than the page
+        needs, then the other matching chats of the orders reached, so each
+        order shows all of its matching chats. At most 1,000 chats."""
+        hits = await self.search_hits(conn, who, q)
+        need = page.offset + page.size + 1
+        want = min(SEARCH_MAX_CHATS, max(SEARCH_BATCH, need * 2))
+        while True:
+            ids = await hits.take(want)
+            if len(ids) < want or want >= SEARCH_MAX_CHATS:
+                return ids
+            if len({hits.order_of[i] for i in ids}) >= need:
+                break
+            want = min(SEARCH_MAX_CHATS, want * 4)
+        reached = {hits.order_of[i] for i in ids}
+        # Matches already found past `want`, then the chats not yet read.
+        later = [c for c in hits.found[len(ids) :] if hits.order_of[c] in reached]
+        rest = [c for c in hits.unread() if hits.order_of[c] in reached]
+        more = await hits.matching(rest)
+        return (ids + later + [c for c in rest if c in more])[:SEARCH_MAX_CHATS]
+
     async def manager_search(
         self, who: Viewer, q: SearchQuery, page: Page
     ) -> tuple[list[dict[str, Any]], bool]:
         async with self.store.connection() as conn:
             loc = await self.locale(conn, who)
-            ids = await self.search_ids(conn, who, q)
+            ids = await self._order_page_ids(conn, who, q, page)
             extra: list[int] = []
             if q.order_id is not None:
                 managed = await conn.fetchval(
@@ -327,44 +420,134 @@ class ChatList:
             raise NotFound("chat not found")
 
     async def chat_detail(self, who: Viewer, chat_id: int, messages: int = 50) -> dict[str, Any]:
+        """The chat as in lists, with `participants` and its latest `messages`: one
+        statement; the JSON of both lists is made by PostgreSQL and passed through."""
         async with self.store.connection() as conn:
-            loc = await self.locale(conn, who)
-            visible = await conn.fetchval(
-                f"""WITH {_VISIBLE}
-                    SELECT 1 FROM vis JOIN chats c ON c.id = vis.id AND c.deleted_at IS NULL
-                     WHERE vis.id = $3""",
-                who.user_id, who.is_manager, chat_id,
+            row = await conn.fetchrow(
+                _DETAIL_SQL, who.user_id, who.is_manager, chat_id, self.store.default_lang, messages
             )
-            if visible is None:
-                raise NotFound("chat not found")
-            items = await self.items(conn, who, loc, [chat_id])
-            parts = await conn.fetch(
-                """SELECT p.user_id, p.role, u.name, u.role AS user_role, p.last_read_message_id,
-                          p.joined_at
-                     FROM chat_participants p LEFT JOIN users u ON u.id = p.user_id
-                    WHERE p.chat_id = $1 AND p.left_at IS NULL ORDER BY p.joined_at, p.user_id""",
-                chat_id,
-            )
-            rows = await conn.fetch(
-                f"""SELECT {MSG_COLS}, {ATTACHMENTS_COL} FROM messages m
-                     WHERE m.chat_id = $1 AND m.deleted_at IS NULL
-                     ORDER BY m.seq DESC LIMIT $2""",
-                chat_id, messages,
-            )
-        out = items[0]
-        out["participants"] = [
-            {
-                "user_id": p["user_id"],
-                "name": p["name"],
-                "role": p["role"],
-                "user_role": p["user_role"],
-                "last_read_message_id": p["last_read_message_id"],
-                "joined_at": iso(p["joined_at"]),
-            }
-            for p in parts
-        ]
-        out["messages"] = [message_out(r) for r in reversed(rows)]
+        assert row is not None  # one row always: the caller's, even when unknown
+        if row["is_demo"] and who.refuse_demo:
+            raise Forbidden("demo accounts may not call this endpoint")
+        if row["id"] is None:
+            raise NotFound("chat not found")
+        out = chat_item(row)
+        out["participants"] = _raw_json(row["participants_json"])
+        out["messages"] = _messages_json(row["messages_json"], row["with_attachments"])
         return out
+
+
+# How long the gram frequencies from ANALYZE are reused before being read again.
+GRAM_STATS_TTL_S = 600.0
+# A term is taken as common (the capped index read is skipped) when the estimate
+# is this many times the cap.
+GRAM_STATS_MARGIN = 2
+
+_GRAM_STATS_SQL = """
+SELECT x.gram, x.freq, (SELECT reltuples FROM pg_class WHERE oid = 'messages_text_grams'::regclass)
+       AS rows
+  FROM pg_stats s
+ CROSS JOIN LATERAL unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS x(gram, freq)
+ WHERE s.schemaname = current_schema() AND s.tablename = 'messages_text_grams'
+   AND x.gram IS NOT NULL"""
+
+
+class GramStats:
+    """Which search terms match too many messages for the gram index to help,
+    from the frequencies ANALYZE keeps for the index's most common grams (read
+    once per `GRAM_STATS_TTL_S`). Only picks the faster of two exact ways to
+    search: a wrong guess costs time, never results."""
+
+    def __init__(self) -> None:
+        self.freq: dict[str, float] = {}
+        self.rows = 0.0
+        self.read_at: float | None = None
+
+    async def load(self, conn: asyncpg.Connection) -> None:
+        rows = await conn.fetch(_GRAM_STATS_SQL)
+        self.freq = {r["gram"]: float(r["freq"]) for r in rows}
+        self.rows = float(rows[0]["rows"]) if rows else 0.0
+        self.read_at = time.monotonic()
+
+    def estimate(self, q: SearchQuery) -> float:
+        """Messages the query's grams would match: per term its rarest gram (a
+        gram missing from the statistics is rare: 0), terms taken as independent."""
+        share = 1.0
+        for term in q.terms:
+            term_grams = search_grams(term)
+            if term_grams:
+                share *= min(self.freq.get(g, 0.0) for g in term_grams)
+        return share * self.rows
+
+    async def looks_common(self, conn: asyncpg.Connection, q: SearchQuery) -> bool:
+        if self.read_at is None or time.monotonic() - self.read_at > GRAM_STATS_TTL_S:
+            await self.load(conn)
+        return self.estimate(q) > SEARCH_INDEX_CAP * GRAM_STATS_MARGIN
+
+
+class _Hits:
+    """Visible chats (newest activity first) that match a search, found lazily:
+    `known` are matches already known (names, order id, the gram index); with
+    `patterns` set, the other chats are checked against their messages, in
+    growing batches, only as far as `take` needs."""
+
+    def __init__(self, conn: asyncpg.Connection, vis_rows: list[Any]) -> None:
+        self.conn = conn
+        self.ordered: list[int] = [r["id"] for r in vis_rows]
+        self.order_of: dict[int, int | None] = {r["id"]: r["order_id"] for r in vis_rows}
+        self.known: set[int] = set()
+        self.patterns: list[str] | None = None
+        self.found: list[int] = []
+        self._next = 0
+        self._batch = SEARCH_BATCH
+
+    def unread(self) -> list[int]:
+        return self.ordered[self._next :]
+
+    async def matching(self, chats: list[int]) -> set[int]:
+        """Which of these chats match (by what is known, or by a message)."""
+        out = {c for c in chats if c in self.known}
+        check = [c for c in chats if c not in out]
+        if check and self.patterns is not None:
+            out.update(await _column(self.conn, _MESSAGE_PER_CHAT_SQL, check, self.patterns))
+        return out
+
+    async def take(self, want: int) -> list[int]:
+        """The first `want` matching chats (fewer when there are no more)."""
+        want = min(want, SEARCH_MAX_CHATS)
+        if self.patterns is None:  # every match is known: nothing left to read
+            if self._next < len(self.ordered):
+                self.found = [c for c in self.ordered if c in self.known]
+                self._next = len(self.ordered)
+            return self.found[:want]
+        while len(self.found) < want and self._next < len(self.ordered):
+            part = self.ordered[self._next : self._next + self._batch]
+            self._next += len(part)
+            self._batch = min(self._batch * 2, 1024)
+            matched = await self.matching(part)
+            self.found.extend(c for c in part if c in matched)
+        return self.found[:want]
+
+
+def _raw_json(text: bytes | None) -> msgspec.Raw:
+    """A JSON array from PostgreSQL, compacted (its `json` output spaces the
+    separators); none is an empty list."""
+    if text is None:
+        return msgspec.Raw(b"[]")
+    return msgspec.Raw(msgspec.json.format(text, indent=-1))
+
+
+def _messages_json(text: bytes | None, with_attachments: bool | None) -> Any:
+    """Messages as wire JSON; those with attachments get their signed links, which
+    needs the list decoded (rare: most pages have none)."""
+    if not with_attachments or store_module.attachment_url is None:
+        return _raw_json(text)
+    url = store_module.attachment_url
+    decoded: list[dict[str, Any]] = msgspec.json.decode(text or b"[]")
+    for msg in decoded:
+        if msg["attachments"]:
+            msg["attachments"] = [{**a, "url": url(a["id"])} for a in msg["attachments"]]
+    return decoded
 
 
 def order_view(

@@ -319,3 +319,27 @@ async def test_concurrent_list_requests_all_succeed(api, world):
     assert all(st == 200 for st, _ in results)
     replies = await asyncio.gather(*sends)
     assert all(r["type"] == "ack" for r in replies)
+
+
+async def test_direct_reads_answer_like_the_routed_ones(api, world, http):
+    """The hot GETs skip Starlette's router (`restadapter.app._App`); other methods,
+    HEAD and a trailing slash on those paths still answer as routed, and a GET
+    answers with the same JSON errors as any endpoint."""
+    from restadapter.legacy import direct
+
+    a = await world.user()
+    chat = await world.chat([a, await world.user("manager")])
+    tok = world.token(a)
+    assert "/api/v1/buyer/chat/get-chat" in direct and "/api/v1/manager/chat" in direct
+    for path in direct:
+        st, body = await api.call("POST", path, tok)
+        assert st == 405 and body["error"] == {"code": "bad_request", "message": "method not allowed"}
+        r = await http.get(path + "/", headers={"Authorization": f"Bearer {tok}"})
+        assert r.status_code == 307 and r.headers["location"].endswith(path)
+        st, body = await api.get(path)
+        assert st == 401 and body["error"]["code"] == "unauthorized"
+    r = await http.head("/api/v1/buyer/chat/get-chat", params={"chat_id": chat},
+                        headers={"Authorization": f"Bearer {tok}"})
+    assert r.status_code == 200 and r.content == b""
+    st, body = await api.get("/api/v1/buyer/chat/get-chat", tok, chat_id=chat)
+    assert st == 200 and body["data"]["id"] == chat
