@@ -20,6 +20,7 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_S = 1.0
+YIELD_EVERY_FRAMES = 1000
 
 
 class DeliveryTracker:
@@ -67,8 +68,15 @@ class DeliveryTracker:
                 if self._pending.get((chat, user), 0) < seq:
                     self._pending[(chat, user)] = seq
             return
+        frames = 0
         for chat_id, user_id, message_id, members in moved:
             status = m.StatusOut(
                 chat_id=chat_id, user_id=user_id, status="delivered", message_id=message_id
             )
             self.bus.publish_users(members, m.event_frame("chat.message.status", status))
+            frames += len(members)
+            if frames >= YIELD_EVERY_FRAMES:
+                # A second of receipts in chats of 10 is tens of thousands of frames:
+                # written in slices, acks and deliveries get the loop in between.
+                frames = 0
+                await asyncio.sleep(0)

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 Callback = Callable[["PendingSend", SendResult, float], None]
 
+YIELD_EVERY_SENDS = 64
+
 
 @dataclass(slots=True)
 class PendingSend:
@@ -155,9 +157,15 @@ class BatchWriter:
         metrics.WRITER_BATCH_SIZE.observe(len(unique))
         metrics.WRITER_BATCH_SECONDS.observe(committed - started)
 
-        for item, result in zip(unique, results, strict=False):
+        for n, (item, result) in enumerate(zip(unique, results, strict=False), start=1):
             metrics.SEND_TO_COMMIT.observe(committed - item.received_at)
             self._finish(item, result, committed)
+            if n % YIELD_EVERY_SENDS == 0:
+                # A batch of hundreds of messages is thousands of frames: fan it out
+                # in slices so other lanes' acks and the socket reads are not held
+                # up. This lane takes its next batch only after the whole fan-out,
+                # so a chat's messages still go out in seq order.
+                await asyncio.sleep(0)
         for item, at in followers:
             res = results[at]
             if res.message is not None:
