@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -105,6 +106,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         if node is not None:
             node.stop()
         pg.stop(mode="immediate")
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:
