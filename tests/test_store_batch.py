@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 
 from wsserver.lang import detect
@@ -50,3 +52,30 @@ async def test_write_sends_one_batch_isolates_each_bad_row(world):
     )
     assert [(r["last_seq"], r["rev"]) for r in rows] == [(3, 3), (2, 2), (0, 0), (0, 0)]
     assert rows[0]["last_message_id"] == results[6].message.id
+
+
+async def test_same_key_from_another_sender_in_one_batch_gets_nothing_of_the_first(world):
+    """Two senders using one message_key in the same writer batch: the second is
+    not answered with the first's message (text, id): an outsider gets not_found,
+    another member conflict; a retry by the first sender is its duplicate."""
+    from wsserver.writer import BatchWriter
+
+    a, b, outsider = await world.user(), await world.user(), await world.user()
+    chat = await world.chat([a, b])
+    pool = await asyncpg.create_pool(world.dsn, min_size=2, max_size=3, init=Store.connection_init())
+    writer = BatchWriter(Store(pool), lanes=1)
+    writer.start()
+    try:
+        rows = [_row(chat, a, "k-1", "private text"), _row(chat, outsider, "k-1", "x"),
+                _row(chat, b, "k-1", "y"), _row(chat, a, "k-1", "private text")]
+        # submitted in one loop turn, so they are one batch
+        results = await asyncio.gather(*(writer.write(r) for r in rows))
+    finally:
+        await writer.stop()
+        await pool.close()
+    assert results[0].message is not None and not results[0].duplicate
+    assert results[1].message is None and results[1].error.code == "not_found"
+    assert results[2].message is None and results[2].error.code == "conflict"
+    assert results[3].duplicate and results[3].message.id == results[0].message.id
+    stored = await world.sql("SELECT user_id FROM messages WHERE chat_id = $1", chat)
+    assert [r["user_id"] for r in stored] == [a]

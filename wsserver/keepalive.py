@@ -99,7 +99,10 @@ class Keepalive:
             return
         sent = session.ping_data
         if sent is not None and sent in ws.pending_pings:
-            if now - session.ping_sent >= self.timeout_s:
+            # Visits are timer wake-ups, a few ms either way: judged with half a
+            # tick of slack, a timeout equal to the interval closes at the first
+            # visit after it, not one interval later.
+            if now - session.ping_sent >= self.timeout_s - self.interval_s / SLOTS / 2:
                 session.flush()
                 session.close(_INTERNAL_ERROR, KEEPALIVE_TIMEOUT_REASON)
             return

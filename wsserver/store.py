@@ -583,13 +583,23 @@ class Store:
         msg_ids: list[int] = []
         users: list[int | None] = []
         owner: dict[int, int] = {}
+        twice: set[int] = set()
         for values, idx, _members, _created in new:
             row = rows[idx]
             for att in row.attachments:
+                if att in owner:
+                    # Listed twice by one message: claimed once. Claimed by two
+                    # messages of the batch: the later one fails, as it would in
+                    # a later batch (one UPDATE would quietly serve both).
+                    if owner[att] != idx:
+                        twice.add(idx)
+                    continue
                 att_ids.append(att)
                 msg_ids.append(values[0])
                 users.append(row.user_id)
                 owner[att] = idx
+        if twice:
+            raise AttachmentClaimFailed(twice)
         if not att_ids:
             return {}
         got = await conn.fetch(_CLAIM_ATTACHMENTS_SQL, att_ids, msg_ids, users)

@@ -132,18 +132,29 @@ class BatchWriter:
             raise
 
     async def store_batch(self, lane: _Lane, batch: list[PendingSend]) -> None:
-        # Sends repeating a key already in this batch wait for the first one.
+        # A send repeating a key already in this batch from the same sender is a
+        # retry: it waits for the first and answers with its result. The same key
+        # from anyone else is not theirs to see: it goes to the next batch, whose
+        # check then finds the key taken (or the chat not theirs) against the
+        # committed row.
         first: dict[tuple[int, str], int] = {}
         unique: list[PendingSend] = []
         followers: list[tuple[PendingSend, int]] = []
+        deferred: list[PendingSend] = []
         for item in batch:
             key = (item.row.chat_id, item.row.message_key)
             at = first.get(key)
             if at is None:
                 first[key] = len(unique)
                 unique.append(item)
-            else:
+            elif unique[at].row.user_id == item.row.user_id:
                 followers.append((item, at))
+            else:
+                deferred.append(item)
+        if deferred:
+            lane.queue.extendleft(reversed(deferred))
+            metrics.WRITER_QUEUE.inc(len(deferred))
+            lane.wakeup.set()
 
         started = time.perf_counter()
         try:

@@ -179,3 +179,25 @@ async def test_service_uploads_on_a_users_behalf(api, world):
         "message_key": "svc-att", "type": "file", "user_id": a, "attachments": [body["data"]["id"]],
     })
     assert st == 201 and out["data"]["attachments"][0]["id"] == body["data"]["id"]
+
+
+async def test_two_sends_claiming_one_attachment_in_a_batch_only_one_stores(api, world):
+    """Two sends of one batch name the same upload: the first gets it, the second
+    `conflict` and stores nothing (no attachment-less file message)."""
+    import asyncio as _asyncio
+
+    a, b = await world.user(), await world.user()
+    chat = await world.chat([a, b])
+    wa = await world.connect(a)
+    st, up = await upload(api, world.token(a), PDF, "a.pdf", chat_id=chat)
+    att = up["data"]["id"]
+    # pipelined: the writer takes both into one batch behind the filler sends
+    fill = [wa.request("message.send", send_data(chat, f"f{i}", "fill")) for i in range(5)]
+    one = wa.request("message.send", send_data(chat, "c1", "first", type="file", attachments=[att]))
+    two = wa.request("message.send", send_data(chat, "c2", "second", type="file", attachments=[att]))
+    replies = await _asyncio.gather(*fill, one, two)
+    first, second = replies[-2], replies[-1]
+    assert first["type"] == "ack" and [x["id"] for x in first["data"]["attachments"]] == [att]
+    assert second["type"] == "error" and second["error"]["code"] == "conflict"
+    hist = await wa.ok("messages.history", {"chat_id": chat})
+    assert [m["message_key"] for m in hist["messages"] if m["type"] == "file"] == ["c1"]
