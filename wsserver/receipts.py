@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_S = 1.0
 YIELD_EVERY_FRAMES = 1000
+FLUSH_CHUNK = 200  # horizons per statement
+FLUSH_PAUSE_S = 0.01  # between two statements of one flush
 
 
 class DeliveryTracker:
@@ -56,15 +58,25 @@ class DeliveryTracker:
             await self.flush()
 
     async def flush(self) -> None:
+        """Writes the horizons in chunks with a short pause between them: a second
+        of receipts in one statement (thousands of rows, one large commit) held
+        the writer lanes' commits back and set the p99 of sends (measured: 70 ms at
+        half peak with one statement, 22-44 ms with the flush switched off)."""
         if not self._pending:
             return
         batch, self._pending = self._pending, {}
-        items = [(chat, user, seq) for (chat, user), seq in batch.items()]
+        items = sorted((chat, user, seq) for (chat, user), seq in batch.items())
+        for start in range(0, len(items), FLUSH_CHUNK):
+            if start:
+                await asyncio.sleep(FLUSH_PAUSE_S)
+            await self._flush_chunk(items[start:start + FLUSH_CHUNK])
+
+    async def _flush_chunk(self, items: list[tuple[int, int, int]]) -> None:
         try:
             moved = await self.store.mark_delivered(items)
         except BesedaError as exc:
             log.warning("receipts.flush_failed code=%s items=%d", exc.code, len(items))
-            for (chat, user), seq in batch.items():
+            for chat, user, seq in items:
                 if self._pending.get((chat, user), 0) < seq:
                     self._pending[(chat, user)] = seq
             return
