@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from websockets.protocol import State
 
+from .errors import CloseCode
 from .limits import KEEPALIVE_TIMEOUT_REASON
 
 if TYPE_CHECKING:
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 
 SLOTS = 16
 _OPEN = State.OPEN
-_INTERNAL_ERROR = 1011
 
 
 class Keepalive:
@@ -104,7 +104,7 @@ class Keepalive:
             # visit after it, not one interval later.
             if now - session.ping_sent >= self.timeout_s - self.interval_s / SLOTS / 2:
                 session.flush()
-                session.close(_INTERNAL_ERROR, KEEPALIVE_TIMEOUT_REASON)
+                session.close(CloseCode.INTERNAL, KEEPALIVE_TIMEOUT_REASON)
             return
         data = os.urandom(4)
         while data in ws.pending_pings:
@@ -113,5 +113,5 @@ class Keepalive:
         ws.protocol.send_ping(data)
         session.ping_data = data
         session.ping_sent = now
-        session.unflushed += 1
+        session.unflushed += 1  # the ping sits in the protocol's buffer: write it out
         session.flush()

@@ -282,6 +282,7 @@ RETURNING a.id, a.message_id, a.type, a.mime_type, a.size, a.name, a.status, a.m
 # Statements that reach every row through an index say so to the planner, for the
 # session of a writer lane or the transaction of a receipt flush (see Store.lease).
 KEYED_ONLY = "SET enable_seqscan = off"
+KEYED_ONLY_LOCAL = "SET LOCAL enable_seqscan = off"
 KEYED_ONLY_RESET = "RESET enable_seqscan"
 
 _VERDICT_ERRORS: dict[str, BesedaError] = {
@@ -860,7 +861,7 @@ class Store:
         if not items:
             return []
         async with self.connection() as conn, conn.transaction():
-            await conn.execute(KEYED_ONLY.replace("SET", "SET LOCAL", 1))
+            await conn.execute(KEYED_ONLY_LOCAL)
             rows = await conn.fetch(
                 """WITH x AS (
                         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])
