@@ -174,8 +174,10 @@ class SendResult:
 # A batch of sends is two statements, two round trips. The first checks every row
 # (duplicate key, chat visible to the sender and active, reply in the same chat) and
 # hands out message ids; nothing is written, so a refused row takes no seq. The
-# second (_WRITE_SQL) writes. Each is a plain join over indexes: no per-row round
-# trip, no quadratic plan.
+# second (_WRITE_SQL) writes. No per-row round trip. Every lookup is a LATERAL
+# subquery on one key (LIMIT 1 keeps the planner from flattening it into a join):
+# the only plans it can get are index lookups driven by the batch's rows, however
+# empty the tables were when the plan was made (see KEYED_ONLY below).
 _CHECK_SENDS_SQL = f"""
 SELECT q.*,
        CASE WHEN q.verdict = 'ok' THEN nextval('messages_id_seq'::regclass) END AS new_id
@@ -203,11 +205,21 @@ SELECT q.*,
                   $6::text[], $7::text[], $8::text[], $9::bigint[], $10::bool[])
            AS i(idx, chat_id, user_id, message_key, type, body, lang, metadata,
                 reply_to_id, check_member)
-      LEFT JOIN messages d ON d.chat_id = i.chat_id AND d.message_key = i.message_key
-      LEFT JOIN chats c ON c.id = i.chat_id
-      LEFT JOIN chat_participants p ON p.chat_id = i.chat_id AND p.user_id = i.user_id
-      LEFT JOIN messages r ON r.id = i.reply_to_id AND r.chat_id = i.chat_id
-      LEFT JOIN users u ON u.id = i.user_id AND i.lang IS NULL
+      LEFT JOIN LATERAL (
+          SELECT * FROM messages d
+           WHERE d.chat_id = i.chat_id AND d.message_key = i.message_key LIMIT 1) d ON true
+      LEFT JOIN LATERAL (
+          SELECT c.id, c.deleted_at, c.status FROM chats c
+           WHERE c.id = i.chat_id LIMIT 1) c ON true
+      LEFT JOIN LATERAL (
+          SELECT p.user_id, p.left_at FROM chat_participants p
+           WHERE p.chat_id = i.chat_id AND p.user_id = i.user_id LIMIT 1) p ON true
+      LEFT JOIN LATERAL (
+          SELECT r.id FROM messages r
+           WHERE r.id = i.reply_to_id AND r.chat_id = i.chat_id LIMIT 1) r ON true
+      LEFT JOIN LATERAL (
+          SELECT u.locale FROM users u
+           WHERE u.id = i.user_id AND i.lang IS NULL LIMIT 1) u ON true
   ) q
 """
 
@@ -221,14 +233,16 @@ SELECT q.*,
 # waited for: the send path never queues behind a lock it does not need, and can
 # never deadlock on one. A chat archived since the check gets no allocation row, so
 # its messages are not inserted. Data-modifying CTEs run to completion whether or
-# not the final SELECT reads them.
+# not the final SELECT reads them. Each table it joins is also keyed by `= ANY` of
+# the batch's own ids, so even a plan made on empty tables starts from those keys.
 _WRITE_SQL = """
 WITH alloc AS (
     UPDATE chats c
        SET last_seq = c.last_seq + x.n, rev = c.rev + x.n, last_message_id = x.last_id,
            last_message_at = now(), updated_at = now()
       FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS x(id, n, last_id)
-     WHERE c.id = x.id AND c.status = 'active' AND c.deleted_at IS NULL
+     WHERE c.id = ANY($1::bigint[]) AND c.id = x.id
+       AND c.status = 'active' AND c.deleted_at IS NULL
     RETURNING c.id, c.last_seq - x.n AS seq0, c.rev - x.n AS rev0
 ),
 rows AS (
@@ -255,7 +269,8 @@ free AS (
     SELECT p.chat_id, p.user_id, x.seq, x.id
       FROM chat_participants p
       JOIN latest x ON p.chat_id = x.chat_id AND p.user_id = x.user_id
-     WHERE p.last_read_seq < x.seq
+     WHERE p.chat_id = ANY($5::bigint[]) AND p.user_id = ANY($6::bigint[])
+       AND p.last_read_seq < x.seq
        FOR UPDATE OF p SKIP LOCKED
 ),
 horizons AS (
@@ -263,7 +278,8 @@ horizons AS (
        SET last_read_seq = f.seq, last_read_message_id = f.id, last_read_at = now(),
            delivered_seq = GREATEST(p.delivered_seq, f.seq)
       FROM free f
-     WHERE p.chat_id = f.chat_id AND p.user_id = f.user_id
+     WHERE p.chat_id = ANY($5::bigint[]) AND p.user_id = ANY($6::bigint[])
+       AND p.chat_id = f.chat_id AND p.user_id = f.user_id
 )
 SELECT a.id, a.seq0, a.rev0, now() AS created_at,
        ARRAY(SELECT p.user_id FROM chat_participants p
@@ -281,21 +297,24 @@ locked AS (
      SELECT p.chat_id, p.user_id, x.seq
        FROM chat_participants p
        JOIN x ON p.chat_id = x.chat_id AND p.user_id = x.user_id
-      WHERE p.delivered_seq < x.seq
+       WHERE p.chat_id = ANY($1::bigint[]) AND p.user_id = ANY($2::bigint[])
+        AND p.delivered_seq < x.seq
       ORDER BY p.chat_id, p.user_id
         FOR UPDATE OF p),
 upd AS (
      UPDATE chat_participants p
         SET delivered_seq = l.seq, delivered_at = now()
        FROM locked l
-      WHERE p.chat_id = l.chat_id AND p.user_id = l.user_id
+      WHERE p.chat_id = ANY($1::bigint[]) AND p.user_id = ANY($2::bigint[])
+        AND p.chat_id = l.chat_id AND p.user_id = l.user_id
   RETURNING p.chat_id, p.user_id, p.delivered_seq)
 SELECT upd.chat_id, upd.user_id, msg.id AS message_id,
        (SELECT array_agg(user_id) FROM chat_participants cp
          WHERE cp.chat_id = upd.chat_id AND cp.left_at IS NULL) AS members
   FROM upd
-  JOIN messages msg ON msg.chat_id = upd.chat_id
-                   AND msg.seq = upd.delivered_seq
+  CROSS JOIN LATERAL (
+      SELECT msg.id FROM messages msg
+       WHERE msg.chat_id = upd.chat_id AND msg.seq = upd.delivered_seq LIMIT 1) msg
 """
 
 # `a.id = ANY($1)` keys the attachments side by primary key whichever side the
