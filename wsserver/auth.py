@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ from .errors import Unauthorized
 
 ROLES = frozenset({"buyer", "client", "manager", "service"})
 _MAX_ID = 2**63 - 1
+# Verified tokens are remembered (by their exact text) for this long at most, and
+# never past their own expiry; at most this many at a time.
+TOKEN_CACHE_MAX_AGE_S = 300.0
+TOKEN_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +59,18 @@ def _read_key(value: str) -> str:
 
 
 class TokenVerifier:
-    """Verifies end-user and service tokens; thread-safe and cheap to call."""
+    """Verifies end-user and service tokens; cheap to call.
 
-    def __init__(self, settings: Settings) -> None:
+    Apps send the same token with every request for as long as it lives, so a
+    token that passed is remembered by its exact text (a changed byte is another
+    key, verified afresh by PyJWT) for `TOKEN_CACHE_MAX_AGE_S` at most and never
+    past `exp` plus the leeway, the moment PyJWT would call it expired. The cache
+    holds at most `TOKEN_CACHE_SIZE` tokens, the oldest going first. Refused
+    tokens are never remembered."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._cache: dict[str, tuple[Identity, float]] = {}
         self.issuer = settings.jwt_issuer
         self.audience = settings.jwt_audience
         self.leeway = settings.jwt_leeway_s
@@ -93,6 +107,21 @@ class TokenVerifier:
     def verify(self, token: str) -> Identity:
         if not token or len(token) > 8192:
             raise Unauthorized("missing or malformed token")
+        now = self.clock()
+        cached = self._cache.get(token)
+        if cached is not None:
+            if now < cached[1]:
+                return cached[0]
+            del self._cache[token]
+        identity = self._verify(token)
+        until = min(identity.exp + self.leeway, now + TOKEN_CACHE_MAX_AGE_S)
+        if now < until:
+            if len(self._cache) >= TOKEN_CACHE_SIZE:
+                del self._cache[next(iter(self._cache))]
+            self._cache[token] = (identity, until)
+        return identity
+
+    def _verify(self, token: str) -> Identity:
         try:
             claims = jwt.decode(
                 token,
