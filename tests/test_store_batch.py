@@ -79,3 +79,44 @@ async def test_same_key_from_another_sender_in_one_batch_gets_nothing_of_the_fir
     assert results[3].duplicate and results[3].message.id == results[0].message.id
     stored = await world.sql("SELECT user_id FROM messages WHERE chat_id = $1", chat)
     assert [r["user_id"] for r in stored] == [a]
+
+
+async def test_sender_horizon_waits_for_a_row_another_transaction_holds(world):
+    """A receipt flush or a read from the sender's other device holding the sender's
+    participant row: the send waits for it rather than skip moving the sender's read
+    horizon, so the sender's own message never counts as unread for them."""
+    a, b = await world.user(), await world.user()
+    chat = await world.chat([a, b])
+    pool = await asyncpg.create_pool(world.dsn, min_size=1, max_size=1, init=Store.connection_init())
+    holder = await asyncpg.connect(world.dsn)
+    try:
+        store = Store(pool)
+        await store.write_sends([_row(chat, b, "from-b")])
+        tr = holder.transaction()
+        await tr.start()
+        await holder.execute(
+            "SELECT 1 FROM chat_participants WHERE chat_id = $1 AND user_id = $2 FOR UPDATE",
+            chat, a,
+        )
+        send = asyncio.ensure_future(store.write_sends([_row(chat, a, "from-a")]))
+        # Until the send either finished (it skipped the row) or waits for the lock.
+        while not send.done():
+            waiting = await holder.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            )
+            if waiting:
+                break
+            await asyncio.sleep(0.01)
+        await tr.rollback()
+        sent = await send
+    finally:
+        await holder.close()
+        await pool.close()
+    assert sent[0].message is not None and sent[0].message.seq == 2
+    row = (await world.sql(
+        """SELECT c.last_seq - p.last_read_seq AS unread, p.last_read_message_id
+             FROM chats c JOIN chat_participants p ON p.chat_id = c.id
+            WHERE c.id = $1 AND p.user_id = $2""", chat, a))[0]
+    assert row["unread"] == 0
+    assert row["last_read_message_id"] == sent[0].message.id

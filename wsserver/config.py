@@ -49,7 +49,7 @@ class Settings:
     db_statement_timeout_ms: int = 10_000
     pgbouncer: bool = False
     writer_lanes: int = 2
-    writer_max_batch: int = 512
+    writer_max_batch: int = 64
 
     # limits (PROTOCOL.md section 9)
     max_frame_bytes: int = 64 * 1024
@@ -114,7 +114,7 @@ class Settings:
             db_statement_timeout_ms=_env_int("BESEDA_DB_STATEMENT_TIMEOUT_MS", 10_000),
             pgbouncer=_env_bool("BESEDA_PGBOUNCER", False),
             writer_lanes=_env_int("BESEDA_WRITER_LANES", 2),
-            writer_max_batch=_env_int("BESEDA_WRITER_MAX_BATCH", 512),
+            writer_max_batch=_env_int("BESEDA_WRITER_MAX_BATCH", 64),
             max_frame_bytes=_env_int("BESEDA_MAX_FRAME_BYTES", 64 * 1024),
             max_text_bytes=_env_int("BESEDA_MAX_TEXT_BYTES", 32 * 1024),
             max_metadata_bytes=_env_int("BESEDA_MAX_METADATA_BYTES", 4 * 1024),

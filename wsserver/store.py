@@ -229,9 +229,11 @@ SELECT q.*,
 # concurrent nodes do not deadlock), numbers the rows of each chat in arrival order,
 # inserts them from arrays and moves each sender's read horizon: the sender has read
 # what they sent, so `unread` never counts a user's own messages. A participant row
-# another transaction holds (a delivery-receipt flush, a read) is skipped rather than
-# waited for: the send path never queues behind a lock it does not need, and can
-# never deadlock on one. A chat archived since the check gets no allocation row, so
+# another transaction holds (a receipt flush, a read from the sender's other device)
+# is waited for: skipping it left the sender's own message unread for them. Chats
+# are locked before participants, and participants in (chat, user) order, as the
+# receipt flush does, so those never deadlock; a deadlock with anything else is
+# retried like a key race. A chat archived since the check gets no allocation row, so
 # its messages are not inserted. Data-modifying CTEs run to completion whether or
 # not the final SELECT reads them. Each table it joins is also keyed by `= ANY` of
 # the batch's own ids, so even a plan made on empty tables starts from those keys.
@@ -271,7 +273,8 @@ free AS (
       JOIN latest x ON p.chat_id = x.chat_id AND p.user_id = x.user_id
      WHERE p.chat_id = ANY($5::bigint[]) AND p.user_id = ANY($6::bigint[])
        AND p.last_read_seq < x.seq
-       FOR UPDATE OF p SKIP LOCKED
+     ORDER BY p.chat_id, p.user_id
+       FOR UPDATE OF p
 ),
 horizons AS (
     UPDATE chat_participants p

@@ -64,7 +64,7 @@ class _Lane:
 
 
 class BatchWriter:
-    def __init__(self, store: Store, *, lanes: int = 2, max_batch: int = 512) -> None:
+    def __init__(self, store: Store, *, lanes: int = 2, max_batch: int = 64) -> None:
         self.store = store
         self.max_batch = max_batch
         self._lanes = [_Lane(self, i) for i in range(max(1, lanes))]
