@@ -49,6 +49,24 @@ def tune_gc() -> None:
     gc.set_threshold(2000, 50, 100)
 
 
+# A shutdown step that has not finished by then is abandoned (and cancelled), so a
+# stuck bus or provider connection cannot keep a stopping node alive.
+STOP_PART_TIMEOUT_S = 10.0
+
+
+async def _bounded(coro: Any, timeout: float, part: str) -> None:
+    """Runs one shutdown step for at most `timeout` seconds, never raising. Unlike
+    `wait_for`, it does not wait for a cancelled step to unwind either."""
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        log.warning("node.stop_abandoned part=%s after_s=%s", part, timeout)
+        task.cancel()
+        return
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("node.stop_failed part=%s error=%s", part, type(task.exception()).__name__)
+
+
 class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -203,8 +221,8 @@ class Node:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._http_task, timeout=10)
         if getattr(self, "translator", None) is not None:
-            await self.translator.stop()
-        await self.bus.stop()
+            await _bounded(self.translator.stop(), STOP_PART_TIMEOUT_S, "translator")
+        await _bounded(self.bus.stop(), STOP_PART_TIMEOUT_S, "bus")
         if self._lag_task is not None:
             self._lag_task.cancel()
         if self.pool is not None:
