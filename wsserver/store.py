@@ -300,7 +300,7 @@ locked AS (
      SELECT p.chat_id, p.user_id, x.seq
        FROM chat_participants p
        JOIN x ON p.chat_id = x.chat_id AND p.user_id = x.user_id
-       WHERE p.chat_id = ANY($1::bigint[]) AND p.user_id = ANY($2::bigint[])
+      WHERE p.chat_id = ANY($1::bigint[]) AND p.user_id = ANY($2::bigint[])
         AND p.delivered_seq < x.seq
       ORDER BY p.chat_id, p.user_id
         FOR UPDATE OF p),
