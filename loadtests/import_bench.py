@@ -148,13 +148,7 @@ async def bench_size(pg: EmbeddedPostgres, work: Path, n: int, m: int,
     results = []
     for w in writers:
         name = f"bench_{n}x{m}_w{w}"
-        admin = await asyncpg.connect(pg.dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-        dsn = pg.dsn.rsplit("/", 1)[0] + "/" + name
+        dsn = await db.recreate_database(pg.dsn, name)
         await db.migrate(dsn)
         data = work / f"data-{n}x{m}"
         shutil.rmtree(data, ignore_errors=True)

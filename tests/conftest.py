@@ -78,12 +78,7 @@ def pg() -> Iterator[PgHandle]:
 
 @pytest.fixture(scope="session")
 async def template_db(pg: PgHandle) -> str:
-    conn = await asyncpg.connect(pg.admin_dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}"')
-        await conn.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
-    finally:
-        await conn.close()
+    await db.recreate_database(pg.admin_dsn, TEMPLATE_DB)
     await db.migrate(pg.dsn_for(TEMPLATE_DB))
     return TEMPLATE_DB
 

@@ -46,6 +46,21 @@ async def ensure_database(admin_dsn: str, name: str) -> str:
                 pass
     finally:
         await conn.close()
+    return _dsn_for(admin_dsn, name)
+
+
+async def recreate_database(admin_dsn: str, name: str) -> str:
+    """An empty database `name`, dropped first if it exists (benchmarks, tests)."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return _dsn_for(admin_dsn, name)
+
+
+def _dsn_for(admin_dsn: str, name: str) -> str:
     return admin_dsn.rsplit("/", 1)[0] + "/" + name
 
 

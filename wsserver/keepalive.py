@@ -19,7 +19,6 @@ that was answered, as with websockets' keepalive.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from typing import TYPE_CHECKING
@@ -28,6 +27,7 @@ from websockets.protocol import State
 
 from .errors import CloseCode
 from .limits import KEEPALIVE_TIMEOUT_REASON
+from .tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from .session import Session
@@ -56,11 +56,8 @@ class Keepalive:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def add(self, session: Session) -> None:
         if not self.enabled:

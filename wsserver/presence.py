@@ -8,9 +8,10 @@ tell subscribers typing=false.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
+
+from .tasks import cancel_and_wait
 
 ExpireHook = Callable[[int, int], None]
 
@@ -28,10 +29,7 @@ class MemoryPresence:
         self._task = asyncio.get_running_loop().create_task(self._sweep())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     def start_typing(self, chat_id: int, user_id: int) -> bool:
         """Marks the user typing; True when they were not typing before."""

@@ -9,13 +9,13 @@ are coalesced and written once per interval in one statement, then announced as
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from .bus.base import Bus
 from .errors import BesedaError
 from .protocol import messages as m
 from .store import Store
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,7 @@ class DeliveryTracker:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         await self.flush()
 
     def note(self, chat_id: int, seq: int, author: int | None, users: list[int]) -> None:

@@ -48,6 +48,21 @@ def _flush_dirty() -> None:
 _NO_CHATS: AbstractSet[int] = frozenset()
 
 
+def _with(chats: AbstractSet[int], chat_id: int) -> set[int]:
+    """`chats` with `chat_id` added; the shared empty set is replaced by a new one."""
+    own: set[int] = set() if chats is _NO_CHATS else chats  # type: ignore[assignment]
+    own.add(chat_id)
+    return own
+
+
+def _drop(chats: AbstractSet[int], chat_id: int) -> bool:
+    """Removes `chat_id` from `chats`; True when it was there."""
+    if chat_id in chats:
+        chats.discard(chat_id)  # type: ignore[attr-defined]
+        return True
+    return False
+
+
 class TokenBucket:
     __slots__ = ("rate", "burst", "tokens", "stamp")
 
@@ -108,25 +123,17 @@ class Session:
         return self.identity.user_id
 
     def subscribe(self, chat_id: int) -> None:
-        if self.subscriptions is _NO_CHATS:
-            self.subscriptions = set()
-        self.subscriptions.add(chat_id)  # type: ignore[attr-defined]
+        self.subscriptions = _with(self.subscriptions, chat_id)
 
     def unsubscribe(self, chat_id: int) -> None:
-        if chat_id in self.subscriptions:
-            self.subscriptions.discard(chat_id)  # type: ignore[attr-defined]
+        _drop(self.subscriptions, chat_id)
 
     def start_typing(self, chat_id: int) -> None:
-        if self.typing is _NO_CHATS:
-            self.typing = set()
-        self.typing.add(chat_id)  # type: ignore[attr-defined]
+        self.typing = _with(self.typing, chat_id)
 
     def stop_typing(self, chat_id: int) -> bool:
         """True when this socket was typing in the chat."""
-        if chat_id in self.typing:
-            self.typing.discard(chat_id)  # type: ignore[attr-defined]
-            return True
-        return False
+        return _drop(self.typing, chat_id)
 
     def push(self, frame: bytes, kind: str = "event") -> bool:
         """Queues one text frame; False when the socket is gone or was shed."""

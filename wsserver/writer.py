@@ -172,9 +172,9 @@ class BatchWriter:
             metrics.SEND_TO_COMMIT.observe(committed - item.received_at)
             self._finish(item, result, committed)
             if n % YIELD_EVERY_SENDS == 0:
-                # A batch of hundreds of messages is thousands of frames: fan it out
-                # in slices so other lanes' acks and the socket reads are not held
-                # up. This lane takes its next batch only after the whole fan-out,
+                # A large batch (BESEDA_WRITER_MAX_BATCH raised) is thousands of
+                # frames: fan it out in slices so other lanes' acks and the socket
+                # reads are not held up. This lane takes its next batch only after the whole fan-out,
                 # so a chat's messages still go out in seq order.
                 await asyncio.sleep(0)
         for item, at in followers:
