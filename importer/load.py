@@ -363,6 +363,10 @@ class Loader:
             async with self.conn.transaction():
                 await self.conn.copy_records_to_table(
                     "messages", records=records, columns=MSG_COLUMNS)
+                # For the nodes' search indexers (sql/0017): searchable once indexed.
+                await self.conn.copy_records_to_table(
+                    "message_grams_queue", records=[(r[0],) for r in records],
+                    columns=("message_id",))
             self.run["messages_inserted"] += len(records)
             return set()
         except (asyncpg.PostgresError, ValueError, TypeError) as exc:
@@ -371,7 +375,10 @@ class Loader:
         rejected: set[int] = set()
         cols = ", ".join(MSG_COLUMNS)
         params = ", ".join(f"${i + 1}" for i in range(len(MSG_COLUMNS)))
-        sql = f"INSERT INTO messages ({cols}) VALUES ({params}) ON CONFLICT DO NOTHING RETURNING id"
+        sql = (f"WITH ins AS (INSERT INTO messages ({cols}) VALUES ({params}) "
+               "ON CONFLICT DO NOTHING RETURNING id), "
+               "queued AS (INSERT INTO message_grams_queue (message_id) SELECT id FROM ins) "
+               "SELECT id FROM ins")
         for rec in records:
             if rec[REPLY_COL] in rejected:  # its target was rejected just before
                 rec = (*rec[:REPLY_COL], None, *rec[REPLY_COL + 1:])

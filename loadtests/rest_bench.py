@@ -48,8 +48,8 @@ POLLERS = 200
 
 # Indexes dropped during the bulk load and built once afterwards (much faster).
 _DEFERRED_INDEXES = {
-    "messages_text_grams": "CREATE INDEX messages_text_grams ON messages USING gin "
-    "(beseda_grams(beseda_message_text(content))) WHERE deleted_at IS NULL",
+    "message_grams_idx": "CREATE INDEX message_grams_idx ON message_grams USING gin "
+    "(string_to_array(grams, ' '))",
     "messages_chat_live_seq_idx": "CREATE INDEX messages_chat_live_seq_idx ON messages "
     "(chat_id, seq DESC) WHERE deleted_at IS NULL",
     "messages_chat_rev_idx": "CREATE INDEX messages_chat_rev_idx ON messages (chat_id, rev)",
@@ -124,6 +124,13 @@ def generation_sql(chats: int, per_chat: int, users: int) -> list[tuple[str, str
                                       || ' for order ' || c || ', ' || {en}[1 + (s * 11) % 15]
                        ELSE {zh}[1 + (c * s) % 15] || {zh}[1 + (c + 3 * s) % 15] || '，订单'
                             || c || {zh}[1 + (s * 11) % 15] END AS t) AS body"""),
+        # What the nodes' search indexers would write (wsserver/search_index.py):
+        # beseda_grams gives the same grams as its Python twin (tests/test_search_index.py).
+        ("search grams", """
+            INSERT INTO message_grams (message_id, rev, grams)
+            SELECT id, rev, array_to_string(ARRAY(
+                       SELECT DISTINCT unnest(beseda_grams(beseda_message_text(content)))), ' ')
+              FROM messages"""),
         ("chat last messages", f"""
             UPDATE chats SET last_message_id = (id - 1) * {per_chat} + {per_chat}"""),
         ("sequences", """

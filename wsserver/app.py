@@ -23,6 +23,7 @@ from .bus.memory import MemoryBus
 from .config import Settings
 from .embedded_pg import EmbeddedPostgres
 from .registry import Registry
+from .search_index import SearchIndexer
 from .server import ChatServer
 from .store import REPLY_PAGE_BYTES, Store
 from .writer import BatchWriter
@@ -79,6 +80,7 @@ class Node:
         self._http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._lag_task: asyncio.Task[None] | None = None
+        self.search_index: SearchIndexer | None = None
 
     async def start(self, *, migrate: bool = True) -> None:
         s = self.settings
@@ -122,6 +124,8 @@ class Node:
         metrics.watch_gc()
         tune_gc()
         self.writer.start()
+        self.search_index = SearchIndexer(self.store, interval_s=s.search_index_interval_s)
+        await self.search_index.start()
         await self.server.start()
         self.ws_port = self.server.port
         from .translation.worker import start_translation
@@ -223,6 +227,8 @@ class Node:
         if getattr(self, "translator", None) is not None:
             await _bounded(self.translator.stop(), STOP_PART_TIMEOUT_S, "translator")
         await _bounded(self.bus.stop(), STOP_PART_TIMEOUT_S, "bus")
+        if self.search_index is not None:
+            await self.search_index.stop()
         if self._lag_task is not None:
             self._lag_task.cancel()
         if self.pool is not None:

@@ -92,10 +92,12 @@ SELECT DISTINCT p.chat_id FROM users u JOIN chat_participants p ON p.user_id = u
  WHERE beseda_grams(u.name) @> $1::text[] AND beseda_norm(u.name) LIKE ALL ($2::text[])
    AND p.left_at IS NULL AND p.user_id <> $3"""
 
+# Candidates from the grams the search indexer wrote (sql/0017), rechecked against
+# the message's current text.
 _MESSAGE_GRAMS_SQL = """
 SELECT COALESCE(array_agg(DISTINCT chat_id), '{}') AS chats, count(*) AS n FROM (
-    SELECT m.chat_id FROM messages m
-     WHERE beseda_grams(beseda_message_text(m.content)) @> $1::text[]
+    SELECT m.chat_id FROM message_grams g JOIN messages m ON m.id = g.message_id
+     WHERE string_to_array(g.grams, ' ') @> $1::text[]
        AND m.deleted_at IS NULL
        AND beseda_norm(beseda_message_text(m.content)) LIKE ALL ($2::text[])
      LIMIT $3) AS hit"""
@@ -444,11 +446,11 @@ GRAM_STATS_TTL_S = 600.0
 GRAM_STATS_MARGIN = 2
 
 _GRAM_STATS_SQL = """
-SELECT x.gram, x.freq, (SELECT reltuples FROM pg_class WHERE oid = 'messages_text_grams'::regclass)
+SELECT x.gram, x.freq, (SELECT reltuples FROM pg_class WHERE oid = 'message_grams_idx'::regclass)
        AS rows
   FROM pg_stats s
  CROSS JOIN LATERAL unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS x(gram, freq)
- WHERE s.schemaname = current_schema() AND s.tablename = 'messages_text_grams'
+ WHERE s.schemaname = current_schema() AND s.tablename = 'message_grams_idx'
    AND x.gram IS NOT NULL"""
 
 

@@ -50,6 +50,7 @@ class Settings:
     pgbouncer: bool = False
     writer_lanes: int = 2
     writer_max_batch: int = 64
+    search_index_interval_s: float = 0.5
 
     # limits (PROTOCOL.md section 9)
     max_frame_bytes: int = 64 * 1024
@@ -115,6 +116,7 @@ class Settings:
             pgbouncer=_env_bool("BESEDA_PGBOUNCER", False),
             writer_lanes=_env_int("BESEDA_WRITER_LANES", 2),
             writer_max_batch=_env_int("BESEDA_WRITER_MAX_BATCH", 64),
+            search_index_interval_s=_env_float("BESEDA_SEARCH_INDEX_INTERVAL_S", 0.5),
             max_frame_bytes=_env_int("BESEDA_MAX_FRAME_BYTES", 64 * 1024),
             max_text_bytes=_env_int("BESEDA_MAX_TEXT_BYTES", 32 * 1024),
             max_metadata_bytes=_env_int("BESEDA_MAX_METADATA_BYTES", 4 * 1024),

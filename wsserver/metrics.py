@@ -163,6 +163,20 @@ TRANSLATION_OLDEST_AGE_SECONDS = Gauge(
     "Age of the oldest waiting translation job (0 when none waits)",
 )
 
+# -- search indexer (wsserver/search_index.py) --------------------------------------------------
+
+SEARCH_INDEXED = Counter(
+    "beseda_search_indexed_messages_total",
+    "Messages whose search grams this node wrote (new, edited, translated or deleted)",
+)
+SEARCH_INDEX_LAG_SECONDS = Gauge(
+    "beseda_search_index_lag_seconds",
+    "Age of the oldest queue entry in the indexer's last pass (0 when the queue was empty)",
+)
+SEARCH_INDEX_ERRORS = Counter(
+    "beseda_search_index_errors_total", "Indexer passes that failed (retried next pass)"
+)
+
 _request_children: dict[tuple[str, str], Counter] = {}
 
 

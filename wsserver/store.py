@@ -237,6 +237,7 @@ SELECT q.*,
 # its messages are not inserted. Data-modifying CTEs run to completion whether or
 # not the final SELECT reads them. Each table it joins is also keyed by `= ANY` of
 # the batch's own ids, so even a plan made on empty tables starts from those keys.
+# New messages are queued for the search indexer (wsserver/search_index.py).
 _WRITE_SQL = """
 WITH alloc AS (
     UPDATE chats c
@@ -261,6 +262,9 @@ ins AS (
            t.content::jsonb, t.lang, t.metadata::jsonb, t.reply_to_id, t.message_key
       FROM rows t JOIN alloc a ON a.id = t.chat_id
     RETURNING id, chat_id, seq, user_id
+),
+queued AS (
+    INSERT INTO message_grams_queue (message_id) SELECT id FROM ins
 ),
 latest AS (
     SELECT DISTINCT ON (chat_id, user_id) chat_id, user_id, seq, id

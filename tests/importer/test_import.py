@@ -208,6 +208,17 @@ async def test_new_message_over_the_socket_continues_an_imported_chat(
         await conn.close()
     assert chat is not None
     node = await node_factory(database_url=fresh_db)
+    # Imported messages were queued for search; the node's indexer takes them all.
+    assert await node.search_index.drain() > 0
+    conn = await asyncpg.connect(fresh_db)
+    try:
+        n = await conn.fetchrow(
+            """SELECT (SELECT count(*) FROM messages) AS messages,
+                      (SELECT count(*) FROM message_grams) AS indexed,
+                      (SELECT count(*) FROM message_grams_queue) AS queued""")
+    finally:
+        await conn.close()
+    assert n["indexed"] == n["messages"] > 0 and n["queued"] == 0
     url = f"ws://127.0.0.1:{node.ws_port}/ws"
     sender, reader = chat["users"][0], chat["users"][1]
     ws_a = await WsClient.connect(url, mint(node.settings, sender, "buyer"))

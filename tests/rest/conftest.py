@@ -10,11 +10,16 @@ import pytest
 
 
 class Api:
-    """Calls the node's HTTP port with a token; returns (status, json)."""
+    """Calls the node's HTTP port with a token; returns (status, json).
 
-    def __init__(self, client: httpx.AsyncClient, world: Any) -> None:
+    Before a search it lets the node's search indexer catch up with what is
+    committed (which it does by itself within `BESEDA_SEARCH_INDEX_INTERVAL_S`), so
+    a test's search sees the messages the test just wrote."""
+
+    def __init__(self, client: httpx.AsyncClient, world: Any, node: Any) -> None:
         self.client = client
         self.world = world
+        self.node = node
 
     def service_token(self) -> str:
         return self.world.token(1, "service")
@@ -25,6 +30,8 @@ class Api:
         headers = kw.pop("headers", {})
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
+        if "/chat/search" in path:
+            await self.node.search_index.drain()
         r = await self.client.request(method, path, headers=headers, **kw)
         try:
             body = r.json()
@@ -53,5 +60,5 @@ async def http(node: Any) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-async def api(http: httpx.AsyncClient, world: Any) -> Api:
-    return Api(http, world)
+async def api(http: httpx.AsyncClient, world: Any, node: Any) -> Api:
+    return Api(http, world, node)

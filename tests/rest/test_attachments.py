@@ -88,7 +88,7 @@ async def test_oversized_upload_is_413_and_leaves_nothing(node_factory, new_id):
     node = await node_factory(max_upload_bytes=50_000)
     world = World(node.dsn, node.settings, f"ws://127.0.0.1:{node.ws_port}/ws", new_id)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.http_port}", trust_env=False) as c:
-        api = Api(c, world)
+        api = Api(c, world, node)
         a = await world.user()
         big = png(1, 1)[:64] + b"\x00" * 80_000
         st, body = await upload(api, world.token(a), big, "big.png")

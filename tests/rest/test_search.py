@@ -109,10 +109,12 @@ async def test_deleted_message_text_is_not_searchable(api, world, corpus):
 
 
 async def test_message_search_can_use_the_gram_index(world, corpus):
-    """The search expression matches messages_text_grams: with scans priced out (and
-    the other partial index hidden) the planner looks messages up in it. On a table
-    this small it rightly prefers other paths; loadtests/ shows the large case."""
+    """The search expression matches message_grams_idx: with scans priced out (and
+    the partial index on messages hidden) the planner looks grams up in it. On a table this small it rightly prefers other
+    paths; loadtests/ shows the large case."""
     import asyncpg
+
+    from wsserver.chatlist import _MESSAGE_GRAMS_SQL
 
     conn = await asyncpg.connect(world.dsn)
     try:
@@ -121,15 +123,14 @@ async def test_message_search_can_use_the_gram_index(world, corpus):
         await conn.execute("DROP INDEX messages_chat_live_seq_idx")
         await conn.execute("SET LOCAL enable_seqscan = off")
         rows = await conn.fetch(
-            """EXPLAIN (COSTS OFF) SELECT m.chat_id FROM messages m
-                WHERE m.deleted_at IS NULL
-                  AND beseda_grams(beseda_message_text(m.content)) @> ARRAY['订单']"""
+            "EXPLAIN (COSTS OFF) " + _MESSAGE_GRAMS_SQL.replace("$1::text[]", "ARRAY['订单']")
+            .replace("$2::text[]", "ARRAY['%订单%']").replace("$3", "100")
         )
         await tr.rollback()
     finally:
         await conn.close()
     plan = "\n".join(r[0] for r in rows)
-    assert "Bitmap Index Scan on messages_text_grams" in plan, plan
+    assert "Bitmap Index Scan on message_grams_idx" in plan, plan
 
 
 async def test_manager_text_search_groups_results_by_order(api, world, corpus):

@@ -131,9 +131,10 @@ async def test_a_term_common_by_analyze_skips_the_index_and_still_finds_all(
             await post(api, chat, other, f"Ваша доставка {j}" if i % 4 else f"склад {j}")
         chats.append(chat)
     await _age(world, chats)
+    await node.search_index.drain()
     conn = await asyncpg.connect(world.dsn)
     try:
-        await conn.execute("ANALYZE messages")
+        await conn.execute("ANALYZE message_grams")
         stats = chatlist.GramStats()
         assert await stats.looks_common(conn, parse("ДОСТАВКА"))
         assert not await stats.looks_common(conn, parse("отсутствует"))

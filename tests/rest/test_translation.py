@@ -11,6 +11,7 @@ import pytest
 from tests.helpers import World, send_data
 from tests.rest.conftest import Api
 from tests.rest.fake_provider import FakeProvider
+from wsserver import metrics
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ async def translated(node_factory, new_id, provider):
         world = World(node.dsn, node.settings, f"ws://127.0.0.1:{node.ws_port}/ws", new_id)
         client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.http_port}", timeout=30, trust_env=False)
         opened.append((world, client))
-        return node, world, Api(client, world)
+        return node, world, Api(client, world, node)
 
     yield start
     for world, client in opened:
@@ -101,6 +102,9 @@ async def test_provider_outage_loses_nothing_and_never_blocks_sending(translated
     assert wb.drain_events("chat.message.update") == []
     rows = await world.sql("SELECT count(*) AS n, max(last_error) AS e FROM translation_jobs")
     assert rows[0]["n"] == 5 and "provider gave no" in rows[0]["e"]
+    await node.translator.refresh_gauges()  # what BesedaTranslationBacklog watches
+    assert metrics.TRANSLATION_QUEUE_DEPTH._value.get() == 5
+    assert metrics.TRANSLATION_OLDEST_AGE_SECONDS._value.get() > 0
 
     provider.down = False
     updates = await wb.events_of("chat.message.update", 5, timeout=20)
@@ -108,6 +112,9 @@ async def test_provider_outage_loses_nothing_and_never_blocks_sending(translated
     await wait_for(lambda: _jobs_empty(world))
     hist = await wb.ok("messages.history", {"chat_id": chat})
     assert all(msg["content"]["zh"].startswith("[zh] ") for msg in hist["messages"])
+    await node.translator.refresh_gauges()
+    assert metrics.TRANSLATION_QUEUE_DEPTH._value.get() == 0
+    assert metrics.TRANSLATION_OLDEST_AGE_SECONDS._value.get() == 0
 
 
 async def test_slow_provider_does_not_hold_sends_or_the_rest_api(translated, provider):

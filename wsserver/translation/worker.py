@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from .. import lang
+from .. import lang, metrics
 from .providers import Provider, make_provider
 from .service import Translations
 
@@ -54,6 +54,7 @@ class TranslationWorker:
         self.backoff_base_s = 1.0
         self.backoff_cap_s = 300.0
         self.lease_s = node.settings.translate_timeout_s * 3 + 30
+        self.gauge_s = 15.0
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: asyncpg.Connection | None = None
@@ -65,6 +66,7 @@ class TranslationWorker:
             await self._listener.add_listener(CHANNEL, self._notified)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._run(i)) for i in range(self.concurrency)]
+        self._tasks.append(loop.create_task(self._watch_queue()))
         log.info("translate.started provider=%s workers=%d", self.provider.name, self.concurrency)
 
     async def _switch_on(self) -> None:
@@ -134,6 +136,24 @@ class TranslationWorker:
                     log.exception("translate.job_failed message=%s", job["message_id"])
                     with contextlib.suppress(Exception):
                         await self._retry(job["message_id"], job["attempts"], "internal error")
+
+    async def refresh_gauges(self) -> None:
+        """Queue depth and the oldest job's age, for `BesedaTranslationBacklog`."""
+        async with self.node.store.connection() as conn:
+            row = await conn.fetchrow(
+                """SELECT count(*) AS depth,
+                          COALESCE(EXTRACT(epoch FROM now() - min(created_at)), 0) AS age
+                     FROM translation_jobs""")
+        metrics.TRANSLATION_QUEUE_DEPTH.set(row["depth"])
+        metrics.TRANSLATION_OLDEST_AGE_SECONDS.set(float(row["age"]))
+
+    async def _watch_queue(self) -> None:
+        while True:
+            try:
+                await self.refresh_gauges()
+            except Exception as exc:  # the gauges keep their last value meanwhile
+                log.warning("translate.gauges_failed error=%s", type(exc).__name__)
+            await asyncio.sleep(self.gauge_s)
 
     async def _claim(self) -> list[Any]:
         async with self.node.store.connection() as conn:

@@ -1,0 +1,114 @@
+"""The search indexer: keeps message_grams in step with messages, off the send path.
+
+Every node runs one. Each pass takes up to `batch` queued message ids (rows other
+nodes hold are skipped, so nodes share the work), reads those messages, computes
+their grams here (wsserver/search.py) and writes them, all in one transaction: a
+node that dies mid-pass leaves its queue rows for the next pass. Two passes that
+raced over one message write in rev order (`ON CONFLICT ... WHERE rev <`), so an
+older content never replaces a newer one.
+
+A message becomes findable through the index one pass after its commit (the
+interval, 0.5 s by default, when the queue keeps up). Search rechecks every hit
+against the message's text, so a pass that is late hides a new match for that
+long and never shows a stale one (docs/limits.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timezone
+
+from . import metrics
+from .errors import BesedaError
+from .search import text_grams
+from .store import Store
+from .tasks import cancel_and_wait
+
+log = logging.getLogger(__name__)
+
+INTERVAL_S = 0.5
+BATCH = 1000
+# Grams are computed in slices, handing the loop back in between, so a full batch
+# never holds up acks and deliveries for more than a few milliseconds.
+SLICE = 200
+
+_TAKE_SQL = """
+WITH taken AS (
+    DELETE FROM message_grams_queue q
+     WHERE q.ctid = ANY (ARRAY(
+        SELECT ctid FROM message_grams_queue LIMIT $1 FOR UPDATE SKIP LOCKED))
+    RETURNING q.message_id, q.queued_at)
+SELECT m.id, m.rev, m.deleted_at IS NOT NULL AS gone,
+       m.content ->> 'ru' AS ru, m.content ->> 'en' AS en, m.content ->> 'zh' AS zh,
+       t.queued_at
+  FROM (SELECT message_id, min(queued_at) AS queued_at FROM taken GROUP BY message_id) t
+  JOIN messages m ON m.id = t.message_id
+"""
+
+_PUT_SQL = """
+INSERT INTO message_grams AS g (message_id, rev, grams)
+SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[])
+    ON CONFLICT (message_id) DO UPDATE SET rev = EXCLUDED.rev, grams = EXCLUDED.grams
+ WHERE g.rev < EXCLUDED.rev
+"""
+
+
+class SearchIndexer:
+    def __init__(self, store: Store, interval_s: float = INTERVAL_S, batch: int = BATCH) -> None:
+        self.store = store
+        self.interval_s = interval_s
+        self.batch = batch
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.drain()
+            except BesedaError as exc:
+                metrics.SEARCH_INDEX_ERRORS.inc()
+                log.warning("search_index.pass_failed code=%s", exc.code)
+            except Exception as exc:  # a bad pass must not end the loop
+                metrics.SEARCH_INDEX_ERRORS.inc()
+                log.warning("search_index.pass_failed error=%s", type(exc).__name__)
+
+    async def drain(self) -> int:
+        """Runs passes until the queue looks empty; returns the messages indexed."""
+        total = 0
+        while True:
+            done = await self.run_once()
+            total += done
+            if done < self.batch:
+                return total
+
+    async def run_once(self) -> int:
+        """One pass: up to `batch` queued messages indexed in one transaction."""
+        async with self.store.connection() as conn, conn.transaction():
+            rows = await conn.fetch(_TAKE_SQL, self.batch)
+            if not rows:
+                metrics.SEARCH_INDEX_LAG_SECONDS.set(0)
+                return 0
+            ids: list[int] = []
+            revs: list[int] = []
+            grams: list[str] = []
+            oldest = rows[0]["queued_at"]
+            for start in range(0, len(rows), SLICE):
+                if start:
+                    await asyncio.sleep(0)
+                for r in rows[start : start + SLICE]:
+                    ids.append(r["id"])
+                    revs.append(r["rev"])
+                    grams.append("" if r["gone"] else text_grams(r["ru"], r["en"], r["zh"]))
+                    oldest = min(oldest, r["queued_at"])
+            await conn.execute(_PUT_SQL, ids, revs, grams)
+        lag = (datetime.now(timezone.utc) - oldest).total_seconds()
+        metrics.SEARCH_INDEXED.inc(len(rows))
+        metrics.SEARCH_INDEX_LAG_SECONDS.set(max(0.0, lag))
+        return len(rows)
