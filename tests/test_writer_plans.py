@@ -92,6 +92,21 @@ async def test_receipt_flush_reaches_rows_by_key_only(fresh_db: str) -> None:
         await conn.close()
 
 
+async def test_search_indexer_reads_messages_by_key_only(fresh_db: str) -> None:
+    """The indexer's read of the messages it took: keyed in its transaction, as the
+    flush is (a seq scan of `messages` per pass grew with the table)."""
+    from wsserver import search_index
+
+    conn = await asyncpg.connect(fresh_db)
+    try:
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        async with conn.transaction():
+            await conn.execute(store_mod.KEYED_ONLY_LOCAL)
+            _assert_keyed("index read", await _generic_plan(conn, search_index._READ_SQL))
+    finally:
+        await conn.close()
+
+
 async def test_without_the_settings_the_planner_would_merge_or_scan(fresh_db: str) -> None:
     """The check above can fail: on the same empty tables, the planner left to
     itself picks something other than keyed nested loops for these statements."""
