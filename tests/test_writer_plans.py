@@ -16,6 +16,7 @@ import re
 import asyncpg
 import pytest
 
+from wsserver import search_index
 from wsserver import store as store_mod
 from wsserver.store import Store
 
@@ -80,29 +81,24 @@ async def test_writer_statement_reaches_rows_by_key_only(fresh_db: str, name: st
         await pool.close()
 
 
-async def test_receipt_flush_reaches_rows_by_key_only(fresh_db: str) -> None:
+# Statements that run in a transaction with KEYED_ONLY_LOCAL (on a pooled connection):
+# the receipt flush, and the search indexer's read of the messages it took (a scan of
+# `messages` per pass would grow with the table).
+LOCAL_KEYED = {
+    "flush": store_mod._MARK_DELIVERED_SQL,
+    "index read": search_index._READ_SQL,
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOCAL_KEYED))
+async def test_local_keyed_statement_reaches_rows_by_key_only(fresh_db: str, name: str) -> None:
     conn = await asyncpg.connect(fresh_db)
     try:
         await conn.execute("SET plan_cache_mode = force_generic_plan")
         async with conn.transaction():
             await conn.execute(store_mod.KEYED_ONLY_LOCAL)
-            _assert_keyed("flush", await _generic_plan(conn, store_mod._MARK_DELIVERED_SQL))
+            _assert_keyed(name, await _generic_plan(conn, LOCAL_KEYED[name]))
         assert await conn.fetchval("SHOW enable_hashjoin") == "on"  # LOCAL: gone at commit
-    finally:
-        await conn.close()
-
-
-async def test_search_indexer_reads_messages_by_key_only(fresh_db: str) -> None:
-    """The indexer's read of the messages it took: keyed in its transaction, as the
-    flush is (a seq scan of `messages` per pass grew with the table)."""
-    from wsserver import search_index
-
-    conn = await asyncpg.connect(fresh_db)
-    try:
-        await conn.execute("SET plan_cache_mode = force_generic_plan")
-        async with conn.transaction():
-            await conn.execute(store_mod.KEYED_ONLY_LOCAL)
-            _assert_keyed("index read", await _generic_plan(conn, search_index._READ_SQL))
     finally:
         await conn.close()
 
