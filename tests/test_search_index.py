@@ -170,3 +170,29 @@ async def test_python_grams_follow_the_sql_rule(world):
         assert set(text_grams(r["t"]).split()) == set(r["g"]), r["t"]
     # Lowercasing is character by character, as PostgreSQL's: no final sigma.
     assert fold("ΟΣ") == "οσ" and fold("İ") == "i"
+
+
+async def test_a_failing_indexer_keeps_trying_less_often(world):
+    """A pass that fails (here: its pool is closed) is counted and retried; the pause
+    doubles from the interval up to MAX_PAUSE_S and falls back after a good pass."""
+    from wsserver.search_index import MAX_PAUSE_S
+
+    pool = await asyncpg.create_pool(world.dsn, min_size=1, max_size=1)
+    await pool.close()
+    ix = SearchIndexer(Store(pool), interval_s=0.01)
+    before = metrics.SEARCH_INDEX_ERRORS._value.get()
+    await ix.start()
+    try:
+        for _ in range(400):  # bounded by count; 0.01 + 0.02 + 0.04 s of pauses suffice
+            if metrics.SEARCH_INDEX_ERRORS._value.get() >= before + 3:
+                break
+            await asyncio.sleep(0.01)
+        assert metrics.SEARCH_INDEX_ERRORS._value.get() >= before + 3
+        assert ix._task is not None and not ix._task.done()
+    finally:
+        await ix.stop()
+    pauses = [0.01]
+    for _ in range(12):
+        pauses.append(ix.next_pause(pauses[-1], failed=True))
+    assert pauses[:4] == [0.01, 0.02, 0.04, 0.08] and pauses[-1] == MAX_PAUSE_S
+    assert ix.next_pause(MAX_PAUSE_S, failed=False) == 0.01

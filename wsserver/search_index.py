@@ -28,6 +28,7 @@ from .tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 INTERVAL_S = 0.5
+MAX_PAUSE_S = 10.0
 BATCH = 1000
 # Grams are computed in slices, handing the loop back in between, so a full batch
 # never holds up acks and deliveries for more than a few milliseconds.
@@ -71,16 +72,22 @@ class SearchIndexer:
         await cancel_and_wait(self._task)
 
     async def _loop(self) -> None:
+        pause = self.interval_s
         while True:
-            await asyncio.sleep(self.interval_s)
+            await asyncio.sleep(pause)
             try:
                 await self.drain()
-            except BesedaError as exc:
-                metrics.SEARCH_INDEX_ERRORS.inc()
-                log.warning("search_index.pass_failed code=%s", exc.code)
+                pause = self.next_pause(pause, failed=False)
             except Exception as exc:  # a bad pass must not end the loop
                 metrics.SEARCH_INDEX_ERRORS.inc()
-                log.warning("search_index.pass_failed error=%s", type(exc).__name__)
+                code = exc.code if isinstance(exc, BesedaError) else type(exc).__name__
+                pause = self.next_pause(pause, failed=True)
+                log.warning("search_index.pass_failed error=%s retry_in=%.1fs", code, pause)
+
+    def next_pause(self, pause: float, *, failed: bool) -> float:
+        """The interval after a good pass; after a failed one, twice the last pause up
+        to MAX_PAUSE_S, so a node whose database is away tries (and logs) less often."""
+        return min(pause * 2, MAX_PAUSE_S) if failed else self.interval_s
 
     async def drain(self) -> int:
         """Runs passes until the queue looks empty; returns the messages indexed."""
