@@ -179,20 +179,52 @@ async def test_a_failing_indexer_keeps_trying_less_often(world):
 
     pool = await asyncpg.create_pool(world.dsn, min_size=1, max_size=1)
     await pool.close()
-    ix = SearchIndexer(Store(pool), interval_s=0.01)
+    ix = SearchIndexer(Store(pool), interval_s=0.05, batch=8)
     before = metrics.SEARCH_INDEX_ERRORS._value.get()
     await ix.start()
     try:
-        for _ in range(400):  # bounded by count; 0.01 + 0.02 + 0.04 s of pauses suffice
+        for _ in range(400):  # bounded by count; 0.05 + 0.1 + 0.2 s of pauses suffice
             if metrics.SEARCH_INDEX_ERRORS._value.get() >= before + 3:
                 break
             await asyncio.sleep(0.01)
         assert metrics.SEARCH_INDEX_ERRORS._value.get() >= before + 3
         assert ix._task is not None and not ix._task.done()
+        assert ix.take <= 1  # halved on each failure: one message per pass at worst
     finally:
         await ix.stop()
-    pauses = [0.01]
+    pauses = [0.05]
     for _ in range(12):
         pauses.append(ix.next_pause(pauses[-1], failed=True))
-    assert pauses[:4] == [0.01, 0.02, 0.04, 0.08] and pauses[-1] == MAX_PAUSE_S
-    assert ix.next_pause(MAX_PAUSE_S, failed=False) == 0.01
+    assert pauses[:4] == [0.05, 0.1, 0.2, 0.4] and pauses[-1] == MAX_PAUSE_S
+    assert ix.next_pause(MAX_PAUSE_S, failed=False) == 0.05
+
+
+async def test_heavy_messages_are_written_in_several_statements(world_with, monkeypatch):
+    """A pass whose grams exceed GRAMS_PER_STATEMENT writes them in several statements
+    (one of 200 long messages of random Han text timed out and blocked the queue)."""
+    from wsserver import search_index
+
+    monkeypatch.setattr(search_index, "GRAMS_PER_STATEMENT", 500)
+    world = await world_with(rate_burst=1000)
+    a, b = await world.user(), await world.user()
+    chat = await world.chat([a, b])
+    ws = await world.connect(a)
+    rnd = random.Random(3)
+    for i in range(20):
+        text = "".join(chr(0x4E00 + rnd.randrange(20000)) for _ in range(300))
+        await ws.ok("message.send", send_data(chat, f"h{i}", text))
+    statements = []
+    real_put = search_index._PUT_SQL
+    ix = world.node.search_index
+    original_execute = asyncpg.connection.Connection.execute
+
+    async def counting(self, query, *args, **kw):
+        if query == real_put:
+            statements.append(len(args[0]))
+        return await original_execute(self, query, *args, **kw)
+
+    monkeypatch.setattr(asyncpg.connection.Connection, "execute", counting)
+    assert await ix.drain() == 20
+    assert len(statements) >= 10 and sum(statements) == 20
+    rows = await world.sql("SELECT count(*) AS n FROM message_grams WHERE grams <> ''")
+    assert rows[0]["n"] == 20

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import datetime, timezone
 
 from . import metrics
@@ -28,11 +29,21 @@ from .tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 INTERVAL_S = 0.5
+MIN_INTERVAL_S = 0.05
 MAX_PAUSE_S = 10.0
 BATCH = 1000
-# Grams are computed in slices, handing the loop back in between, so a full batch
-# never holds up acks and deliveries for more than a few milliseconds.
-SLICE = 200
+# Grams are computed on the event loop, which is handed back every SLICE_S (one
+# message is at most about 10 ms: 4,000 random Han characters).
+SLICE_S = 0.005
+# Grams written per statement: a pass of long messages is written in several
+# statements, so none nears the statement timeout (10 s by default).
+GRAMS_PER_STATEMENT = 50_000
+# How often the lag gauge is read from the queue itself (failed passes included).
+LAG_READ_S = 5.0
+
+_LAG_SQL = """
+SELECT COALESCE(EXTRACT(epoch FROM now() - min(queued_at)), 0) FROM message_grams_queue
+"""
 
 # The queue has no index: rows are taken in heap order and deleted by their ctid.
 _TAKE_SQL = """
@@ -61,8 +72,12 @@ SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[])
 class SearchIndexer:
     def __init__(self, store: Store, interval_s: float = INTERVAL_S, batch: int = BATCH) -> None:
         self.store = store
-        self.interval_s = interval_s
+        self.interval_s = max(interval_s, MIN_INTERVAL_S)
         self.batch = batch
+        # Halved after a failed pass (down to one message) and restored after a good
+        # one, so a pass of heavy messages that cannot finish does not block the queue.
+        self.take = batch
+        self._lag_read_at = 0.0
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -81,8 +96,23 @@ class SearchIndexer:
             except Exception as exc:  # a bad pass must not end the loop
                 metrics.SEARCH_INDEX_ERRORS.inc()
                 code = exc.code if isinstance(exc, BesedaError) else type(exc).__name__
+                self.take = max(1, self.take // 2)
                 pause = self.next_pause(pause, failed=True)
-                log.warning("search_index.pass_failed error=%s retry_in=%.1fs", code, pause)
+                log.warning("search_index.pass_failed error=%s take=%d retry_in=%.1fs",
+                            code, self.take, pause)
+            await self._read_lag()
+
+    async def _read_lag(self) -> None:
+        """The age of the oldest queue entry, from the queue (so a stuck indexer shows)."""
+        now = time.monotonic()
+        if now - self._lag_read_at < LAG_READ_S:
+            return
+        self._lag_read_at = now
+        try:
+            async with self.store.connection() as conn:
+                metrics.SEARCH_INDEX_LAG_SECONDS.set(float(await conn.fetchval(_LAG_SQL)))
+        except Exception as exc:  # the gauge keeps its last value
+            log.debug("search_index.lag_read_failed error=%s", type(exc).__name__)
 
     def next_pause(self, pause: float, *, failed: bool) -> float:
         """The interval after a good pass; after a failed one, twice the last pause up
@@ -95,15 +125,17 @@ class SearchIndexer:
         while True:
             done = await self.run_once()
             total += done
-            if done < self.batch:
+            if done < self.take:
+                self.take = self.batch
                 return total
+            self.take = self.batch
 
     async def run_once(self) -> int:
         """One pass: up to `batch` queue entries indexed in one transaction; returns
         how many entries it took (a message queued twice is indexed once)."""
         async with self.store.connection() as conn, conn.transaction():
             await conn.execute(KEYED_ONLY_LOCAL)
-            taken = await conn.fetch(_TAKE_SQL, self.batch)
+            taken = await conn.fetch(_TAKE_SQL, self.take)
             if not taken:
                 metrics.SEARCH_INDEX_LAG_SECONDS.set(0)
                 return 0
@@ -112,14 +144,22 @@ class SearchIndexer:
             ids: list[int] = []
             revs: list[int] = []
             grams: list[str] = []
-            for start in range(0, len(rows), SLICE):
-                if start:
+            held = 0
+            handed_back = time.perf_counter()
+            for r in rows:
+                ids.append(r["id"])
+                revs.append(r["rev"])
+                g = "" if r["gone"] else text_grams(r["ru"], r["en"], r["zh"])
+                grams.append(g)
+                held += g.count(" ") + 1
+                if held >= GRAMS_PER_STATEMENT:
+                    await conn.execute(_PUT_SQL, ids, revs, grams)
+                    ids, revs, grams, held = [], [], [], 0
+                if time.perf_counter() - handed_back > SLICE_S:
                     await asyncio.sleep(0)
-                for r in rows[start : start + SLICE]:
-                    ids.append(r["id"])
-                    revs.append(r["rev"])
-                    grams.append("" if r["gone"] else text_grams(r["ru"], r["en"], r["zh"]))
-            await conn.execute(_PUT_SQL, ids, revs, grams)
+                    handed_back = time.perf_counter()
+            if ids:
+                await conn.execute(_PUT_SQL, ids, revs, grams)
         lag = (datetime.now(timezone.utc) - oldest).total_seconds()
         metrics.SEARCH_INDEXED.inc(len(rows))
         metrics.SEARCH_INDEX_LAG_SECONDS.set(max(0.0, lag))
