@@ -30,6 +30,7 @@ from typing import Any
 import asyncpg
 
 from wsserver import db
+from wsserver.app import IDLE_CONNECTION_S
 from wsserver.auth import mint
 from wsserver.chatlist import _DECORATE, _DETAIL_SQL, _LIST_SQL, _VISIBLE
 from wsserver.config import Settings
@@ -252,7 +253,7 @@ class Scenario:
 
 
 async def run_scenarios(
-    base_url: str, pool: asyncpg.Pool, scenarios: list[Scenario], n: int
+    base_url: str, store: Store, scenarios: list[Scenario], n: int
 ) -> list[dict[str, Any]]:
     results = []
     http = LightClient(base_url)
@@ -265,7 +266,7 @@ async def run_scenarios(
                     raise RuntimeError(f"{sc.name}: http {status} {body[:200]!r}")
 
             async def via_sql(i: int, sc: Scenario = sc) -> None:
-                async with pool.acquire() as conn:
+                async with store.connection() as conn:
                     await sc.sql(conn, i)
 
             results += await _measure(sc.name, n, via_http, via_sql)
@@ -390,15 +391,17 @@ async def main_async(args: argparse.Namespace) -> int:
         print(f"server at {base_url} (pid {server.pid})", flush=True)
 
         settings = Settings(jwt_secret=SECRET, data_dir=tmp / "data")
-        # Configured as the node's pool is (wsserver/app.py): the same codecs, and no
-        # reset query when a connection comes back, which the endpoint never runs.
+        # Configured as the node's pool is (wsserver/app.py): the same codecs, no
+        # reset query when a connection comes back, which the endpoint never runs,
+        # and connections kept by a store, as the node's requests get theirs.
         pool = await asyncpg.create_pool(dsn, min_size=CONCURRENCY, max_size=CONCURRENCY,
                                          init=Store.connection_init(),
                                          reset=Store.connection_reset(),
                                          **db.connect_kwargs(settings))
+        store = Store(pool, keep_idle_s=IDLE_CONNECTION_S)
         results: list[dict[str, Any]] = []
         try:
-            results += await _run_all(args, base_url, pool, settings, data, "beseda serve")
+            results += await _run_all(args, base_url, store, settings, data, "beseda serve")
             server.terminate()
             server.wait(timeout=20)
             server = None
@@ -412,11 +415,12 @@ async def main_async(args: argparse.Namespace) -> int:
             await node.start()
             try:
                 results += await _run_all(
-                    args, f"http://127.0.0.1:{node.http_port}", pool, settings, data, "in-process"
+                    args, f"http://127.0.0.1:{node.http_port}", store, settings, data, "in-process"
                 )
             finally:
                 await node.stop(timeout=5)
         finally:
+            await store.close()
             await pool.close()
         report = {
             "dataset": data, "concurrency": CONCURRENCY, "requests_per_scenario": args.requests,
@@ -438,7 +442,7 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 async def _run_all(
-    args: argparse.Namespace, base_url: str, pool: asyncpg.Pool, settings: Settings,
+    args: argparse.Namespace, base_url: str, store: Store, settings: Settings,
     data: dict[str, Any], server: str,
 ) -> list[dict[str, Any]]:
     print(f"server: {server}", flush=True)
@@ -449,16 +453,16 @@ async def _run_all(
             continue
         n = args.requests if "search" not in sc.name else max(50, args.requests // 4)
         if sc.token:
-            results += await run_scenarios(base_url, pool, [sc], n)
+            results += await run_scenarios(base_url, store, [sc], n)
         else:
-            results += await _per_user_get_chat(base_url, pool, sc, n, btoken, buyer_of)
+            results += await _per_user_get_chat(base_url, store, sc, n, btoken, buyer_of)
     for r in results:
         r["server"] = server
     return results
 
 
 async def _per_user_get_chat(
-    base_url: str, pool: asyncpg.Pool, sc: Scenario, n: int, btoken: Any, buyer_of: Any,
+    base_url: str, store: Store, sc: Scenario, n: int, btoken: Any, buyer_of: Any,
 ) -> list[dict[str, Any]]:
     http = LightClient(base_url)
 
@@ -469,7 +473,7 @@ async def _per_user_get_chat(
             raise RuntimeError(f"get-chat: http {status} {body[:200]!r}")
 
     async def via_sql(i: int) -> None:
-        async with pool.acquire() as conn:
+        async with store.connection() as conn:
             await sc.sql(conn, max(i, 0))
 
     try:
@@ -515,7 +519,8 @@ def write_report(report: dict[str, Any]) -> None:
         f"(one process, uvloop) on a {report['machine']['cpus']}-core machine that also runs "
         "PostgreSQL and the client. \"SQL\" is the same statements the endpoint runs "
         "(auth lookups included), sent over asyncpg with the same concurrency, in the same run, "
-        "from a pool configured as the node's (no reset query on release). Before each pair, "
+        "from a pool configured as the node's (no reset query on release), its connections "
+        "kept and handed out again by a `Store` as the node's requests get theirs. Before each pair, "
         "one untimed SQL pass over the same requests warms PostgreSQL's cache for both sides.",
         "",
         "Two forms of get-chat: each request from a buyer the server has not seen yet "
