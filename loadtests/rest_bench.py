@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -30,6 +31,7 @@ from typing import Any
 import asyncpg
 
 from wsserver import db
+from wsserver.app import IDLE_CONNECTION_S
 from wsserver.auth import mint
 from wsserver.chatlist import _DECORATE, _DETAIL_SQL, _LIST_SQL, _VISIBLE
 from wsserver.config import Settings
@@ -259,7 +261,7 @@ class Scenario:
 
 
 async def run_scenarios(
-    base_url: str, pool: asyncpg.Pool, scenarios: list[Scenario], n: int
+    base_url: str, store: Store, scenarios: list[Scenario], n: int
 ) -> list[dict[str, Any]]:
     results = []
     http = LightClient(base_url)
@@ -272,7 +274,7 @@ async def run_scenarios(
                     raise RuntimeError(f"{sc.name}: http {status} {body[:200]!r}")
 
             async def via_sql(i: int, sc: Scenario = sc) -> None:
-                async with pool.acquire() as conn:
+                async with store.connection() as conn:
                     await sc.sql(conn, i)
 
             results += await _measure(sc.name, n, via_http, via_sql)
@@ -330,7 +332,10 @@ def scenarios(settings: Settings, counts: dict[str, Any]) -> list[Scenario]:
 
     buyer_tokens: dict[int, str] = {}
 
-    def btoken(uid: int) -> str:
+    def btoken(uid: int, nonce: str | None = None) -> str:
+        """The buyer's token, the same one each time; with a nonce, a new one."""
+        if nonce is not None:
+            return mint(settings, uid, "buyer", ttl_s=7200, extra={"jti": nonce})
         if uid not in buyer_tokens:
             buyer_tokens[uid] = mint(settings, uid, "buyer", ttl_s=7200)
         return buyer_tokens[uid]
@@ -397,15 +402,17 @@ async def main_async(args: argparse.Namespace) -> int:
         print(f"server at {base_url} (pid {server.pid})", flush=True)
 
         settings = Settings(jwt_secret=SECRET, data_dir=tmp / "data")
-        # Configured as the node's pool is (wsserver/app.py): the same codecs, and no
-        # reset query when a connection comes back, which the endpoint never runs.
+        # Configured as the node's pool is (wsserver/app.py): the same codecs, no
+        # reset query when a connection comes back, which the endpoint never runs,
+        # and connections kept by a store, as the node's requests get theirs.
         pool = await asyncpg.create_pool(dsn, min_size=CONCURRENCY, max_size=CONCURRENCY,
                                          init=Store.connection_init(),
                                          reset=Store.connection_reset(),
                                          **db.connect_kwargs(settings))
+        store = Store(pool, keep_idle_s=IDLE_CONNECTION_S)
         results: list[dict[str, Any]] = []
         try:
-            results += await _run_all(args, base_url, pool, settings, data, "beseda serve")
+            results += await _run_all(args, base_url, store, settings, data, "beseda serve")
             server.terminate()
             server.wait(timeout=20)
             server = None
@@ -419,11 +426,12 @@ async def main_async(args: argparse.Namespace) -> int:
             await node.start()
             try:
                 results += await _run_all(
-                    args, f"http://127.0.0.1:{node.http_port}", pool, settings, data, "in-process"
+                    args, f"http://127.0.0.1:{node.http_port}", store, settings, data, "in-process"
                 )
             finally:
                 await node.stop(timeout=5)
         finally:
+            await store.close()
             await pool.close()
         report = {
             "dataset": data, "concurrency": CONCURRENCY, "requests_per_scenario": args.requests,
@@ -445,7 +453,7 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 async def _run_all(
-    args: argparse.Namespace, base_url: str, pool: asyncpg.Pool, settings: Settings,
+    args: argparse.Namespace, base_url: str, store: Store, settings: Settings,
     data: dict[str, Any], server: str,
 ) -> list[dict[str, Any]]:
     print(f"server: {server}", flush=True)
@@ -456,38 +464,54 @@ async def _run_all(
             continue
         n = args.requests if "search" not in sc.name else max(50, args.requests // 4)
         if sc.token:
-            results += await run_scenarios(base_url, pool, [sc], n)
+            results += await run_scenarios(base_url, store, [sc], n)
         else:
-            results += await _per_user_get_chat(base_url, pool, sc, n, btoken, buyer_of)
+            results += await _per_user_get_chat(base_url, store, sc, n, btoken, buyer_of)
     for r in results:
         r["server"] = server
     return results
 
 
 async def _per_user_get_chat(
-    base_url: str, pool: asyncpg.Pool, sc: Scenario, n: int, btoken: Any, buyer_of: Any,
+    base_url: str, store: Store, sc: Scenario, n: int, btoken: Any, buyer_of: Any,
 ) -> list[dict[str, Any]]:
     http = LightClient(base_url)
+    # Without warm-up requests, every request of a timed pass carries a token the
+    # server has not seen: minted for that pass before it starts, because minting
+    # is the marketplace's work, not the adapter's (it cost the load client about
+    # as much CPU as PyJWT's check costs the server).
+    fresh: dict[int, str] = {}
+    passes = itertools.count()
+
+    def mint_fresh(count: int) -> None:
+        p = next(passes)
+        fresh.clear()
+        for i in range(-1, count):
+            fresh[i] = btoken(buyer_of(sc.params(i)["chat_id"]), nonce=f"{p}-{i}")
 
     async def via_http(i: int) -> None:
         c = sc.params(i)["chat_id"]
-        status, body = await http.get(sc.path, {"chat_id": c}, btoken(buyer_of(c)))
+        token = btoken(buyer_of(c)) if sc.warm else fresh[i]
+        status, body = await http.get(sc.path, {"chat_id": c}, token)
         if status != 200:
             raise RuntimeError(f"get-chat: http {status} {body[:200]!r}")
 
     async def via_sql(i: int) -> None:
-        async with pool.acquire() as conn:
+        async with store.connection() as conn:
             await sc.sql(conn, max(i, 0))
 
     try:
         if sc.warm:
             await _drive(sc.warm, via_http, 1)
-        return await _measure(sc.name, n, via_http, via_sql)
+        return await _measure(sc.name, n, via_http, via_sql,
+                              before_http=None if sc.warm else mint_fresh)
     finally:
         await http.close()
 
 
-async def _measure(name: str, n: int, via_http: Any, via_sql: Any) -> list[dict[str, Any]]:
+async def _measure(
+    name: str, n: int, via_http: Any, via_sql: Any, before_http: Any = None
+) -> list[dict[str, Any]]:
     out = []
     for level in LEVELS:
         count = n if level > 1 else max(50, n // 4)
@@ -495,6 +519,8 @@ async def _measure(name: str, n: int, via_http: Any, via_sql: Any) -> list[dict[
         # and SQL passes then both read pages PostgreSQL has cached, rather than
         # REST paying for the first reads and SQL reading what REST just cached.
         await _drive(count, via_sql, level)
+        if before_http is not None:
+            before_http(count)
         rest = await _drive(count, via_http, level)
         sql = await _drive(count, via_sql, level)
         ratio = round(rest["p50_ms"] / sql["p50_ms"], 2) if sql["p50_ms"] else None
@@ -522,11 +548,13 @@ def write_report(report: dict[str, Any]) -> None:
         f"(one process, uvloop) on a {report['machine']['cpus']}-core machine that also runs "
         "PostgreSQL and the client. \"SQL\" is the same statements the endpoint runs "
         "(auth lookups included), sent over asyncpg with the same concurrency, in the same run, "
-        "from a pool configured as the node's (no reset query on release). Before each pair, "
+        "from a pool configured as the node's (no reset query on release), its connections "
+        "kept and handed out again by a `Store` as the node's requests get theirs. Before each pair, "
         "one untimed SQL pass over the same requests warms PostgreSQL's cache for both sides.",
         "",
-        "Two forms of get-chat: each request from a buyer the server has not seen yet "
-        "(a token verified by PyJWT on every request: the worst case), and polling, as the "
+        "Two forms of get-chat: each request with a token the server has not seen yet "
+        "(verified by PyJWT on every request: the worst case; the tokens of a timed pass are "
+        "minted before it starts, new for each pass), and polling, as the "
         f"legacy apps do: {POLLERS} buyers asking again and again with the token their app "
         "holds, each having asked once before the timed pass (the node remembers a verified "
         "token for up to 5 minutes, never past its expiry: docs/rest.md).",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from typing import Any, TypeVar
+from urllib.parse import unquote_to_bytes
 
 import msgspec
 from starlette.requests import Request
@@ -27,19 +28,8 @@ T = TypeVar("T")
 def _unquote(raw: bytes, what: str) -> str:
     if _HEX.search(raw):
         raise BadRequest(f"malformed percent-escape in `{what}`")
-    raw = raw.replace(b"+", b" ")
-    out = bytearray()
-    i = 0
-    while i < len(raw):
-        b = raw[i]
-        if b == 0x25:  # %
-            out.append(int(raw[i + 1 : i + 3], 16))
-            i += 3
-        else:
-            out.append(b)
-            i += 1
     try:
-        text = out.decode("utf-8")
+        text = unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest(f"`{what}` is not valid UTF-8") from None
     if "\x00" in text:

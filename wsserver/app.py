@@ -50,6 +50,10 @@ def tune_gc() -> None:
     gc.set_threshold(2000, 50, 100)
 
 
+# A pooled connection idle this long is closed by the pool; the store keeps the
+# ones it is given back for as long before returning them (`Store.connection`).
+IDLE_CONNECTION_S = 60.0
+
 # A shutdown step that has not finished by then is abandoned (and cancelled), so a
 # stuck bus or provider connection cannot keep a stopping node alive.
 STOP_PART_TIMEOUT_S = 10.0
@@ -100,7 +104,7 @@ class Node:
             self.dsn,
             min_size=min(s.db_pool_min, pool_max),
             max_size=pool_max,
-            max_inactive_connection_lifetime=60,
+            max_inactive_connection_lifetime=IDLE_CONNECTION_S,
             init=Store.connection_init(),
             reset=Store.connection_reset(),
             **db.connect_kwargs(s),
@@ -111,6 +115,7 @@ class Node:
             acquire_timeout_s=s.db_acquire_timeout_s,
             page_bytes=min(REPLY_PAGE_BYTES, s.send_queue_bytes // 4),
             session_settings=not s.pgbouncer,
+            keep_idle_s=IDLE_CONNECTION_S,
         )
         self.writer = BatchWriter(self.store, lanes=s.writer_lanes, max_batch=s.writer_max_batch)
         self.registry = Registry()
@@ -199,7 +204,7 @@ class Node:
         metrics.BUILD_INFO.labels(version=__version__).set(1)
         if self.pool is not None:
             size = self.pool.get_size()
-            idle = self.pool.get_idle_size()
+            idle = self.pool.get_idle_size() + self.store.idle_kept
             metrics.DB_POOL_SIZE.labels(state="idle").set(idle)
             metrics.DB_POOL_SIZE.labels(state="busy").set(size - idle)
             metrics.DB_POOL_SIZE.labels(state="max").set(self.pool.get_max_size())
@@ -232,6 +237,7 @@ class Node:
         if self._lag_task is not None:
             self._lag_task.cancel()
         if self.pool is not None:
+            await self.store.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.pool.close(), timeout=5)
         log.info("node.stopped node=%s", self.node_id)

@@ -9,6 +9,7 @@ when a translation exists, cut at a grapheme boundary.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ SEARCH_INDEX_CAP = 5_000
 SEARCH_BATCH = 64
 FULFILLMENT_NONE = "не назначен"
 _GRAPHEME = regex.compile(r"\X")
+_encode = msgspec.json.Encoder().encode
 
 # Chats the user sees: $1 user id, $2 true for a manager.
 _VISIBLE = """
@@ -116,12 +118,32 @@ def _iso_sql(col: str) -> str:
     return f"""to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
 
 
-# One chat for get-chat in one statement: the caller's demo flag, the chat (only if
-# visible) decorated as in lists, and its participants and latest messages as JSON
-# (UTF-8 bytes) in the wire shape (`message_out`'s fields and order), oldest first. $1 user,
-# $2 manager, $3 chat, $4 default locale, $5 messages. Attachments are listed
-# without their signed links, which only the adapter can make: `with_attachments`
-# says when to add them.
+def _members(row: str) -> str:
+    """The members of `row_to_json(row)`, compact, without the braces."""
+    return f"left(substr(row_to_json({row})::text, 2), -1)"
+
+
+def _compact_json(expr: str) -> str:
+    """A jsonb value as compact JSON (sql/0021_compact_json.sql); `{}`, by far the
+    most common metadata, without a function call."""
+    return f"(CASE WHEN {expr} = '{{}}'::jsonb THEN '{{}}' ELSE beseda_compact_json({expr}) END)::json"
+
+
+# A message's metadata as `message_out` gives it: a falsy value is `{}`.
+_MESSAGE_METADATA = (
+    "CASE WHEN m.metadata IN ('null', 'false', '0', '\"\"', '[]') THEN '{}'::jsonb "
+    "ELSE m.metadata END"
+)
+
+# One chat for get-chat in one statement: the caller's demo flag, and the chat (only
+# if visible) as compact JSON in the wire shape, written by PostgreSQL: the list
+# item's fields, `participants` and the latest messages, oldest first, in the
+# socket's shape (`message_out`'s fields and order). The JSON comes in two UTF-8
+# halves around the value of `last_message`, which is the one thing Python writes:
+# the preview is cut between grapheme clusters (`preview`), from `lm_text`.
+# Attachments are listed without their signed links, which only the adapter can
+# make: `with_attachments` says when to add them. $1 user, $2 manager, $3 chat,
+# $4 default locale, $5 messages.
 _DETAIL_SQL = f"""
 WITH {_VISIBLE},
 caller AS (SELECT u.locale, u.is_demo FROM (SELECT 1) AS one LEFT JOIN users u ON u.id = $1),
@@ -130,36 +152,45 @@ page AS (
      WHERE c.id = $3 AND c.deleted_at IS NULL
 ),
 item AS ({_decorate("(SELECT COALESCE(caller.locale, $4::text) FROM caller)")})
-SELECT caller.is_demo, item.*,
-       (SELECT convert_to(json_agg(json_build_object(
-                   'user_id', p.user_id, 'name', u.name, 'role', p.role,
-                   'user_role', u.role, 'last_read_message_id', p.last_read_message_id,
-                   'joined_at', {_iso_sql("p.joined_at")})
-                   ORDER BY p.joined_at, p.user_id)::text, 'UTF8')
-          FROM chat_participants p LEFT JOIN users u ON u.id = p.user_id
-         WHERE p.chat_id = item.id AND p.left_at IS NULL) AS participants_json,
-       convert_to(msgs.messages_json::text, 'UTF8') AS messages_json, msgs.with_attachments
+SELECT caller.is_demo, item.id IS NOT NULL AS found, item.lm_text, msgs.with_attachments,
+       convert_to('{{' || {_members("head")} || ',"last_message":', 'UTF8') AS json_head,
+       convert_to(',' || {_members("tail")} || ',"participants":[' || COALESCE(parts.list, '')
+                  || '],"messages":[' || COALESCE(msgs.list, '') || ']}}', 'UTF8') AS json_tail
   FROM caller
   LEFT JOIN item ON true
+  CROSS JOIN LATERAL (
+        SELECT item.id, item.name, item.type, item."group", item.status, item.order_id,
+               item.verification_id, {_compact_json("item.metadata")} AS metadata) AS head
+  CROSS JOIN LATERAL (
+        SELECT item.lm_id AS last_message_id,
+               {_iso_sql("item.lm_created_at")} AS last_message_at, item.unread,
+               {_iso_sql("item.created_at")} AS created_at,
+               {_iso_sql("item.updated_at")} AS updated_at) AS tail
   LEFT JOIN LATERAL (
-        SELECT json_agg(json_build_object(
-                   'id', m.id, 'chat_id', m.chat_id, 'seq', m.seq, 'rev', m.rev,
-                   'user_id', m.user_id, 'type', m.type,
-                   'content', json_build_object(
-                       'ru', m.content -> 'ru', 'en', m.content -> 'en', 'zh', m.content -> 'zh'),
-                   'lang', m.lang,
-                   'metadata', CASE WHEN m.metadata IN ('null', 'false', '0', '""', '[]')
-                                    THEN '{{}}'::jsonb ELSE m.metadata END,
-                   'attachments', m.attachments,
-                   'reply_to_id', m.reply_to_id, 'message_key', m.message_key,
-                   'created_at', {_iso_sql("m.created_at")},
-                   'edited_at', {_iso_sql("m.edited_at")},
-                   'deleted_at', {_iso_sql("m.deleted_at")})
-                   ORDER BY m.seq) AS messages_json,
+        SELECT string_agg(row_to_json(p_out)::text, ',' ORDER BY p.joined_at, p.user_id) AS list
+          FROM chat_participants p LEFT JOIN users u ON u.id = p.user_id
+         CROSS JOIN LATERAL (
+               SELECT p.user_id, u.name, p.role, u.role AS user_role, p.last_read_message_id,
+                      {_iso_sql("p.joined_at")} AS joined_at) AS p_out
+         WHERE p.chat_id = item.id AND p.left_at IS NULL
+  ) AS parts ON true
+  LEFT JOIN LATERAL (
+        SELECT string_agg(row_to_json(m_out)::text, ',' ORDER BY m.seq) AS list,
                bool_or(m.attachments <> '[]'::jsonb) AS with_attachments
           FROM (SELECT {MSG_COLS}, {ATTACHMENTS_COL} FROM messages m
                  WHERE m.chat_id = item.id AND m.deleted_at IS NULL
                  ORDER BY m.seq DESC LIMIT $5) AS m
+         CROSS JOIN LATERAL (
+               SELECT m.content -> 'ru' AS ru, m.content -> 'en' AS en,
+                      m.content -> 'zh' AS zh) AS content_out
+         CROSS JOIN LATERAL (
+               SELECT m.id, m.chat_id, m.seq, m.rev, m.user_id, m.type,
+                      content_out AS content, m.lang,
+                      {_compact_json(_MESSAGE_METADATA)} AS metadata,
+                      m.attachments, m.reply_to_id, m.message_key,
+                      {_iso_sql("m.created_at")} AS created_at,
+                      {_iso_sql("m.edited_at")} AS edited_at,
+                      {_iso_sql("m.deleted_at")} AS deleted_at) AS m_out
   ) AS msgs ON true
 """
 
@@ -421,9 +452,12 @@ class ChatList:
         if found is None:
             raise NotFound("chat not found")
 
-    async def chat_detail(self, who: Viewer, chat_id: int, messages: int = 50) -> dict[str, Any]:
+    async def chat_detail(
+        self, who: Viewer, chat_id: int, messages: int = 50
+    ) -> msgspec.Raw | dict[str, Any]:
         """The chat as in lists, with `participants` and its latest `messages`: one
-        statement; the JSON of both lists is made by PostgreSQL and passed through."""
+        statement, whose JSON PostgreSQL writes and Python passes through, but for
+        the preview and, on a page with attachments, their signed links."""
         async with self.store.connection() as conn:
             row = await conn.fetchrow(
                 _DETAIL_SQL, who.user_id, who.is_manager, chat_id, self.store.default_lang, messages
@@ -431,12 +465,12 @@ class ChatList:
         assert row is not None  # one row always: the caller's, even when unknown
         if row["is_demo"] and who.refuse_demo:
             raise Forbidden("demo accounts may not call this endpoint")
-        if row["id"] is None:
+        if not row["found"]:
             raise NotFound("chat not found")
-        out = chat_item(row)
-        out["participants"] = _raw_json(row["participants_json"])
-        out["messages"] = _messages_json(row["messages_json"], row["with_attachments"])
-        return out
+        chat = b"".join((row["json_head"], _encode(preview(row["lm_text"])), row["json_tail"]))
+        if row["with_attachments"] and store_module.attachment_url is not None:
+            return _with_links(chat, store_module.attachment_url)
+        return msgspec.Raw(chat)
 
 
 # How long the gram frequencies from ANALYZE are reused before being read again.
@@ -531,22 +565,11 @@ class _Hits:
         return self.found[:want]
 
 
-def _raw_json(text: bytes | None) -> msgspec.Raw:
-    """A JSON array from PostgreSQL, compacted (its `json` output spaces the
-    separators); none is an empty list."""
-    if text is None:
-        return msgspec.Raw(b"[]")
-    return msgspec.Raw(msgspec.json.format(text, indent=-1))
-
-
-def _messages_json(text: bytes | None, with_attachments: bool | None) -> Any:
-    """Messages as wire JSON; those with attachments get their signed links, which
-    needs the list decoded (rare: most pages have none)."""
-    if not with_attachments or store_module.attachment_url is None:
-        return _raw_json(text)
-    url = store_module.attachment_url
-    decoded: list[dict[str, Any]] = msgspec.json.decode(text or b"[]")
-    for msg in decoded:
+def _with_links(chat: bytes, url: Callable[[int], str]) -> dict[str, Any]:
+    """The chat decoded, each attachment with its signed link (a page with
+    attachments is rare: most pass through as PostgreSQL wrote them)."""
+    decoded: dict[str, Any] = msgspec.json.decode(chat)
+    for msg in decoded["messages"]:
         if msg["attachments"]:
             msg["attachments"] = [{**a, "url": url(a["id"])} for a in msg["attachments"]]
     return decoded

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import itertools
 
+import msgspec
+
 from tests.helpers import send_data
 from tests.rest.test_attachments import PDF, png, upload
 
@@ -156,3 +158,38 @@ async def test_demo_projection_is_refused_before_visibility(api, world):
     for chat in (mine, other, 10**15):
         st, body = await api.get("/api/v1/buyer/chat/get-chat", world.token(d), chat_id=chat)
         assert st == 403 and body["error"]["code"] == "forbidden"
+
+
+async def test_get_chat_body_is_compact_json(api, world, http):
+    """PostgreSQL writes the body and the adapter passes it through: it is compact
+    (no whitespace outside strings) for chat and message metadata with nulls,
+    nesting and awkward strings too, and a long last message is cut as in lists."""
+    a = await world.user()
+    chat = await world.chat([a, await world.user("manager")], name="compact")
+    await world.sql(
+        "UPDATE chats SET metadata = $2::text::jsonb WHERE id = $1",
+        chat, '{"order": {"note": null, "tags": ["a, b", null]}, "price": 1.50, "ok": true}',
+    )
+    wa = await world.connect(a)
+    extra_metadata = [{"n": None, "s": "null : x, y", "deep": [{"k": None}, [], {}]}, {"": ""}]
+    for i, meta in enumerate(AWKWARD_METADATA + extra_metadata):
+        extra = {"metadata": meta} if meta else {}
+        await wa.ok("message.send", send_data(chat, f"c{i}", AWKWARD_TEXTS[i % 5], **extra))
+    long_text = "д" * 198 + "👨\u200d👩\u200d👧" + " tail" * 20
+    await wa.ok("message.send", send_data(chat, "long", long_text))
+
+    tok = world.token(a)
+    r = await http.get("/api/v1/buyer/chat/get-chat", params={"chat_id": chat},
+                       headers={"Authorization": f"Bearer {tok}"})
+    assert r.status_code == 200
+    assert r.content == msgspec.json.format(r.content, indent=-1)
+    data = r.json()["data"]
+    assert data["metadata"] == {"order": {"note": None, "tags": ["a, b", None]}, "price": 1.5,
+                                "ok": True}
+    assert [msg["metadata"] for msg in data["messages"][: len(AWKWARD_METADATA) + 2]] == (
+        AWKWARD_METADATA + extra_metadata
+    )
+    assert data["last_message"] == "д" * 198
+    st, listed = await api.get("/api/v1/buyer/chat", tok)
+    item = next(c for c in listed["data"] if c["id"] == chat)
+    assert {k: v for k, v in data.items() if k not in ("participants", "messages")} == item
