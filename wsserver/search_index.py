@@ -9,8 +9,8 @@ older content never replaces a newer one.
 
 A message becomes findable through the index one pass after its commit (the
 interval, 0.5 s by default, when the queue keeps up). Search rechecks every hit
-against the message's text, so a pass that is late hides a new match for that
-long and never shows a stale one (docs/limits.md).
+against the message's text, so a late pass hides a new match until it runs and
+never shows a stale one (docs/limits.md).
 """
 
 from __future__ import annotations
