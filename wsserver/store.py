@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import asyncpg
 import msgspec
@@ -390,6 +390,15 @@ def _open(conn: asyncpg.Connection) -> bool:
         return False
 
 
+def _raise_storage_error(exc: Exception, *, acquired: bool) -> NoReturn:
+    """Counts a database error by kind and raises it again, as `Unavailable` when the
+    database cannot be reached (the client retries with the same key)."""
+    metrics.DB_ERRORS.labels(kind=db_error_kind(exc, acquired)).inc()
+    if is_unavailable(exc):
+        raise Unavailable("storage unavailable: retry with the same message_key") from exc
+    raise exc
+
+
 class Store:
     def __init__(
         self,
@@ -455,10 +464,7 @@ class Store:
         except BesedaError:
             raise
         except Exception as exc:
-            metrics.DB_ERRORS.labels(kind=db_error_kind(exc, True)).inc()
-            if is_unavailable(exc):
-                raise Unavailable("storage unavailable: retry with the same message_key") from exc
-            raise
+            _raise_storage_error(exc, acquired=True)
         finally:
             if clean and self._keeps(conn):
                 now = time.monotonic()
@@ -490,10 +496,7 @@ class Store:
         try:
             conn = await self.pool.acquire(timeout=self.acquire_timeout_s)
         except Exception as exc:
-            metrics.DB_ERRORS.labels(kind=db_error_kind(exc, False)).inc()
-            if is_unavailable(exc):
-                raise Unavailable("storage unavailable: retry with the same message_key") from exc
-            raise
+            _raise_storage_error(exc, acquired=False)
         finally:
             self._waiting -= 1
             metrics.DB_POOL_WAITING.dec()
@@ -525,10 +528,7 @@ class Store:
             except BesedaError:
                 raise
             except Exception as exc:
-                metrics.DB_ERRORS.labels(kind=db_error_kind(exc, True)).inc()
-                if is_unavailable(exc):
-                    raise Unavailable("storage unavailable: retry with the same message_key") from exc
-                raise
+                _raise_storage_error(exc, acquired=True)
         async with self.connection() as conn:
             return await self._write_sends(conn, list(range(len(rows))), rows)
 
