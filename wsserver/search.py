@@ -19,12 +19,8 @@ MAX_TERMS = 8
 MAX_ORDER_ID = 2**63 - 1
 
 
+# Han ideographs: CJK Unified, Extension A, Compatibility (as in beseda_grams).
 _HAN_RUN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
-
-
-def is_han(ch: str) -> bool:
-    c = ord(ch)
-    return 0x3400 <= c <= 0x4DBF or 0x4E00 <= c <= 0x9FFF or 0xF900 <= c <= 0xFAFF
 
 
 # Only the first characters of a message are indexed (as beseda_grams does).
@@ -58,7 +54,7 @@ def grams(term: str) -> list[str]:
     """The grams a message holding this (whitespace-free) term has for it."""
     t = fold(term)
     out: list[str] = [t[i : i + 3] for i in range(len(t) - 2)]
-    if len(t) < 3 and t and all(is_han(ch) for ch in t):
+    if len(t) < 3 and _HAN_RUN.fullmatch(t):
         out.append(t)
     return out
 

@@ -123,12 +123,12 @@ class SearchIndexer:
         """Runs passes until the queue looks empty; returns the messages indexed."""
         total = 0
         while True:
+            asked = self.take
             done = await self.run_once()
+            self.take = self.batch  # a pass went through: full size again
             total += done
-            if done < self.take:
-                self.take = self.batch
+            if done < asked:
                 return total
-            self.take = self.batch
 
     async def run_once(self) -> int:
         """One pass: up to `batch` queue entries indexed in one transaction; returns
