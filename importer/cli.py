@@ -2,7 +2,8 @@
 
 Exit codes: 0 imported (bad records are counted in the report, never fatal),
 1 the import failed (database or file system), 2 bad usage or unreadable export,
-3 another importer is running against this database.
+3 another importer is running against this database, 4 `--bulk` while a node is
+connected to the database.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import asyncpg
 from wsserver import db
 from wsserver.config import Settings
 
+from . import bulk
 from .export import ConversationPlan, Export, ExportError, page_files
 from .load import IMPORT_LOCK_ID, Loader
 from .report import Totals, build_report, plan_stats, render_text, write_json
@@ -56,6 +58,11 @@ def parser() -> argparse.ArgumentParser:
                     help="bar on a terminal, plain log lines otherwise (default auto)")
     ap.add_argument("--progress-every", type=float, default=5.0,
                     help="seconds between progress lines (0: after every transaction)")
+    ap.add_argument("--bulk", action="store_true",
+                    help="first import into a database no node serves: the indexes of "
+                         "messages are dropped for the load and built at the end "
+                         "(refused while a node is connected; nodes refuse to start "
+                         "until they are built)")
     ap.add_argument("--database-url", help="overrides DATABASE_URL")
     ap.add_argument("--data-dir", type=Path, help="overrides BESEDA_DATA_DIR")
     return ap
@@ -197,6 +204,13 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
             return 3
         await conn.execute("UPDATE import_runs SET status = 'interrupted', finished_at = now() "
                            "WHERE status = 'running'")
+        for _ in range(max(1, args.writers) - 1):
+            writers.append(await _connect(dsn))
+        rebuilt: dict[str, float] = {}
+        if not args.bulk and await bulk.pending(conn):
+            log.warning("import.bulk_unfinished an earlier --bulk run left indexes to build")
+            rebuilt = await bulk.rebuild([conn, *writers])
+        deferred = await bulk.defer(conn) if args.bulk else []
         run_id = await conn.fetchval(
             "INSERT INTO import_runs (export_id, source_dir) VALUES ($1, $2) RETURNING id",
             export_id, str(args.dir.resolve()))
@@ -205,14 +219,15 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
             "SELECT conversation_sid, signature FROM import_conversations WHERE export_id = $1",
             export_id)}
         storage = LocalStorage(settings.data_dir / "attachments")
-        for _ in range(max(1, args.writers) - 1):
-            writers.append(await _connect(dsn))
         loaders = [Loader(c, storage, export_id, run_id, args.batch_messages,
                           on_commit=progress.update) for c in [conn, *writers]]
         for loader in loaders:
             await loader.prepare()
         skipped = await _write_all(export, done, loaders, progress, 2 * args.batch_messages)
         progress.close()
+        t_load = time.monotonic() - t0
+        if args.bulk:
+            rebuilt = await bulk.rebuild([conn, *writers])
 
         path = args.report or settings.data_dir / "import-reports" / f"twilio-run-{run_id}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -232,6 +247,10 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
         # summed over the writers, which run at the same time
         run["phase_seconds"] = {k: round(v, 2) for k, v in sorted(phases.items())}
         run["writers"] = len(loaders)
+        if args.bulk or rebuilt:
+            run["bulk"] = {"deferred": deferred, "rebuilt_seconds": rebuilt,
+                           "load_seconds": round(t_load, 2),
+                           "rebuild_seconds": round(sum(rebuilt.values()), 2)}
         run.update(dry_run=False, run_id=run_id, export_id=export_id,
                    conversations_skipped_done=skipped, users_inserted=users_new,
                    orders_inserted=orders_new, seconds=round(seconds, 2),
@@ -247,7 +266,11 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
         log.info("import.done run=%s messages=%d seconds=%.1f report=%s", run_id,
                  run["messages_inserted"], seconds, path)
         return 0
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except bulk.NodesConnected as exc:
+        log.error("import.bulk_refused %s: stop the nodes, or import without --bulk", exc)
+        return 4
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
+            bulk.RebuildFailed) as exc:
         log.error("import.failed run=%s error=%s: %s", run_id, type(exc).__name__, exc)
         if conn is not None and run_id is not None and not conn.is_closed():
             try:

@@ -93,6 +93,7 @@ class Node:
             applied = await db.migrate(self.dsn)
             if applied:
                 log.info("migrate.done applied=%s", ",".join(applied))
+        await db.require_complete_schema(self.dsn)
         # Each writer lane keeps one connection; reads need at least two more.
         pool_max = max(s.db_pool_max, s.writer_lanes + 2)
         if pool_max != s.db_pool_max:

@@ -44,6 +44,11 @@ async def _serve(settings: Settings) -> int:
     node = Node(settings)
     try:
         await node.start()
+    except db.SchemaIncomplete as exc:
+        if node.embedded_pg is not None:
+            node.embedded_pg.release()
+        print(f"beseda: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
             raise

@@ -146,3 +146,24 @@ async def migrate(dsn: str) -> list[str]:
     finally:
         await conn.close()
     return applied_now
+
+
+class SchemaIncomplete(RuntimeError):
+    """the schema is not whole (a bulk import has indexes left to build)"""
+
+
+async def require_complete_schema(dsn: str) -> None:
+    """Refuses to serve a database whose `messages` indexes a bulk import dropped
+    (importer/bulk.py): without them every send would scan, and the unique keys
+    that make sends idempotent would not hold."""
+    conn = await asyncpg.connect(dsn, statement_cache_size=0)
+    try:
+        names = await conn.fetchval(
+            "SELECT string_agg(name, ', ' ORDER BY name) FROM import_deferred")
+    finally:
+        await conn.close()
+    if names:
+        raise SchemaIncomplete(
+            "a bulk import (beseda import-twilio --bulk) has not built these yet: "
+            f"{names}; run the importer again to finish it")
+

@@ -1,0 +1,139 @@
+"""`--bulk`: the indexes of `messages` built once at the end, not row by row.
+
+A first import of years of history into a database that no node serves yet is the
+case pg_restore is made for: rows COPYed into a table without its secondary indexes
+and foreign keys, which are then built from the whole table in one sorted pass each,
+cost a fraction of the same rows kept indexed one by one. So a bulk run:
+
+1. refuses to start while a node (`application_name` `beseda`) is connected;
+2. drops the unique constraints, plain indexes and foreign keys of `messages` (the
+   primary key stays: attachments, replies and chats point at it), recording in
+   `import_deferred`, in the same transaction, the statement that builds each again;
+3. imports as usual (progress rows, resumable, idempotent);
+4. builds everything back, each in a transaction that also deletes its row, then
+   ANALYZEs the table.
+
+While `import_deferred` has rows, nodes refuse to start (db.require_complete_schema)
+and any later run of the importer, bulk or not, builds them before it writes. A kill
+at any point therefore leaves either the old schema or rows that say what is missing.
+
+What the dropped keys would have caught row by row, the builds catch at the end: a
+message id (`external_id`) or `(chat_id, message_key)` seen twice. The importer's own
+bookkeeping never writes such a pair (messages are de-duplicated by sid before they
+are planned, `seq` comes from the chats' counters), so a failed build is a bug or a
+hand-edited database: the run stops with the failing statement and its row stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import asyncpg
+
+log = logging.getLogger("beseda.importer")
+
+NODE_APPLICATION = "beseda"
+KIND_ORDER = {"unique": 0, "index": 1, "foreign_key": 2}
+
+# Unique constraints and foreign keys of messages, and indexes that back no
+# constraint of messages; never the primary key.
+_CATALOG_SQL = """
+SELECT c.conname::text AS name,
+       CASE c.contype WHEN 'u' THEN 'unique' ELSE 'foreign_key' END AS kind,
+       format('ALTER TABLE messages ADD CONSTRAINT %I %s', c.conname,
+              pg_get_constraintdef(c.oid)) AS definition
+  FROM pg_constraint c
+ WHERE c.conrelid = 'messages'::regclass AND c.contype IN ('u', 'f')
+UNION ALL
+SELECT i.relname::text, 'index', pg_get_indexdef(i.oid)
+  FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+ WHERE x.indrelid = 'messages'::regclass AND NOT x.indisprimary
+   AND NOT EXISTS (SELECT 1 FROM pg_constraint c
+                    WHERE c.conrelid = x.indrelid AND c.conindid = x.indexrelid)
+"""
+
+_NODES_SQL = """
+SELECT count(*) FROM pg_stat_activity
+ WHERE datname = current_database() AND pid <> pg_backend_pid()
+   AND application_name = $1
+"""
+
+
+class NodesConnected(Exception):
+    """a node is connected to the database, so its schema may not be taken apart"""
+
+
+class RebuildFailed(Exception):
+    """a deferred index or constraint could not be built again"""
+
+
+async def nodes_connected(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval(_NODES_SQL, NODE_APPLICATION))
+
+
+async def pending(conn: asyncpg.Connection) -> list[str]:
+    return [r["name"] for r in await conn.fetch("SELECT name FROM import_deferred ORDER BY name")]
+
+
+async def defer(conn: asyncpg.Connection) -> list[str]:
+    """Drops what a bulk load need not maintain; returns the names dropped now."""
+    async with conn.transaction():
+        # Taken before the check: a node that connects later finds the rows (and
+        # refuses to start); one already connected is seen here.
+        await conn.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+        n = await nodes_connected(conn)
+        if n:
+            raise NodesConnected(f"{n} connection(s) of a running node")
+        items = sorted(await conn.fetch(_CATALOG_SQL),
+                       key=lambda r: (-KIND_ORDER[r["kind"]], r["name"]))
+        for r in items:
+            await conn.execute(
+                "INSERT INTO import_deferred (name, kind, definition) VALUES ($1, $2, $3)",
+                r["name"], r["kind"], r["definition"])
+            ident = '"' + r["name"].replace('"', '""') + '"'
+            if r["kind"] == "index":
+                await conn.execute(f"DROP INDEX {ident}")
+            else:
+                await conn.execute(f"ALTER TABLE messages DROP CONSTRAINT {ident}")
+    names = [r["name"] for r in items]
+    if names:
+        log.info("import.bulk_deferred count=%d names=%s", len(names), ",".join(names))
+    return names
+
+
+async def rebuild(conns: list[asyncpg.Connection]) -> dict[str, float]:
+    """Builds every deferred item again: unique keys and indexes side by side on the
+    given connections, then the foreign keys; returns seconds per name."""
+    rows = await conns[0].fetch("SELECT name, kind, definition FROM import_deferred")
+    if not rows:
+        return {}
+    rows = sorted(rows, key=lambda r: (KIND_ORDER[r["kind"]], r["name"]))
+    took: dict[str, float] = {}
+
+    async def build(conn: asyncpg.Connection, name: str, definition: str) -> None:
+        t0 = time.perf_counter()
+        try:
+            async with conn.transaction():
+                await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
+                await conn.execute(definition)
+                await conn.execute("DELETE FROM import_deferred WHERE name = $1", name)
+        except asyncpg.PostgresError as exc:
+            raise RebuildFailed(f"{name}: {type(exc).__name__}: {exc}") from exc
+        took[name] = round(time.perf_counter() - t0, 3)
+        log.info("import.bulk_rebuilt name=%s seconds=%.2f", name, took[name])
+
+    todo = [r for r in rows if r["kind"] != "foreign_key"]
+
+    async def worker(conn: asyncpg.Connection) -> None:
+        while todo:
+            r = todo.pop(0)
+            await build(conn, r["name"], r["definition"])
+
+    await asyncio.gather(*(worker(c) for c in conns))
+    for r in rows:
+        if r["kind"] == "foreign_key":
+            await build(conns[0], r["name"], r["definition"])
+    await conns[0].execute("ANALYZE messages")
+    return took

@@ -1,0 +1,140 @@
+"""`--bulk`: the indexes of `messages` dropped for the load and built back, exactly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from importer import cli
+from wsserver import db
+
+from importer_helpers import REPO, importer_argv, importer_cmd, logical_digest, subprocess_env
+from test_import import check_database, check_report, expected
+
+SCHEMA_SQL = """
+SELECT 'index ' || indexdef FROM pg_indexes WHERE tablename = 'messages'
+UNION ALL
+SELECT 'constraint ' || conname || ' ' || pg_get_constraintdef(oid)
+  FROM pg_constraint WHERE conrelid = 'messages'::regclass
+ORDER BY 1
+"""
+
+
+async def messages_schema(dsn: str) -> list[str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [r[0] for r in await conn.fetch(SCHEMA_SQL)]
+    finally:
+        await conn.close()
+
+
+async def test_bulk_import_is_exact_and_builds_every_index_back(
+        fresh_db: str, std_export: Path, tmp_path: Path) -> None:
+    """The same rows as a live-safe import; every index and key of `messages` is
+    back, with the same definition; a second bulk run changes nothing."""
+    schema = await messages_schema(fresh_db)
+    assert any("messages_chat_seq_key" in s for s in schema)
+    data = tmp_path / "data"
+    r1 = tmp_path / "r1.json"
+    assert await cli.run_async(importer_argv(std_export, fresh_db, data, "--bulk",
+                                             "--batch-messages", "700",
+                                             "--report", str(r1))) == 0
+    report = json.loads(r1.read_text())
+    check_report(report, expected(std_export))
+    bulk = report["run"]["bulk"]
+    # unique keys, plain indexes and foreign keys; never the primary key
+    assert {"messages_chat_seq_key", "messages_chat_message_key_key", "messages_chat_rev_idx",
+            "messages_external_idx", "messages_chat_id_fkey",
+            "messages_reply_to_id_fkey"} <= set(bulk["deferred"])
+    assert "messages_pkey" not in bulk["deferred"]
+    assert set(bulk["rebuilt_seconds"]) == set(bulk["deferred"])
+    assert await messages_schema(fresh_db) == schema
+    conn = await asyncpg.connect(fresh_db)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM import_deferred") == 0
+        await check_database(conn, std_export, data)
+        before = await logical_digest(conn)
+        assert await cli.run_async(importer_argv(std_export, fresh_db, data, "--bulk",
+                                                 "--report", str(tmp_path / "r2.json"))) == 0
+        again = json.loads((tmp_path / "r2.json").read_text())
+        assert again["run"]["messages_inserted"] == 0
+        assert await logical_digest(conn) == before
+    finally:
+        await conn.close()
+    assert await messages_schema(fresh_db) == schema
+
+
+async def test_bulk_is_refused_while_a_node_is_connected(
+        node_factory: Any, std_export: Path, tmp_path: Path) -> None:
+    """A node serving the database: exit 4, nothing dropped, nothing written; the
+    live-safe import goes on beside it."""
+    node = await node_factory()
+    dsn = node_factory.dsn
+    schema = await messages_schema(dsn)
+    assert await cli.run_async(importer_argv(std_export, dsn, tmp_path / "d", "--bulk")) == 4
+    assert await messages_schema(dsn) == schema
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM import_deferred") == 0
+        assert await conn.fetchval("SELECT count(*) FROM messages") == 0
+    finally:
+        await conn.close()
+    assert node.ws_port  # still serving
+    assert await cli.run_async(importer_argv(std_export, dsn, tmp_path / "d")) == 0
+
+
+async def test_killed_bulk_run_keeps_nodes_out_until_an_import_finishes_it(
+        fresh_db: str, second_db: str, std_export: Path, tmp_path: Path,
+        base_settings: Any) -> None:
+    """SIGKILL during a bulk load: the dropped items stay recorded, a node refuses
+    to start on that database, and the next (plain) run builds them first and ends
+    with the same rows as one clean run."""
+    from test_import import _run_and_kill
+    from wsserver.app import Node
+
+    schema = await messages_schema(fresh_db)
+    assert await cli.run_async(importer_argv(std_export, second_db, tmp_path / "ref")) == 0
+    ref = await asyncpg.connect(second_db)
+    try:
+        want = await logical_digest(ref)
+    finally:
+        await ref.close()
+
+    env = subprocess_env(fresh_db)
+    cmd = importer_cmd(std_export, tmp_path / "data", "--bulk", "--batch-messages", "250")
+    rc = _run_and_kill(cmd, env, 3, None)
+    assert rc is not None and rc < 0  # killed mid-load, not finished
+    conn = await asyncpg.connect(fresh_db)
+    try:
+        left = await conn.fetchval("SELECT count(*) FROM import_deferred")
+        assert left > 0
+        assert 0 < await conn.fetchval("SELECT count(*) FROM messages") < \
+            expected(std_export)["counts"]["messages"]
+    finally:
+        await conn.close()
+
+    node = Node(base_settings.with_(database_url=fresh_db))
+    with pytest.raises(db.SchemaIncomplete, match="messages_chat_seq_key"):
+        await node.start()
+    assert node.pool is None  # refused before it opened anything
+
+    done = subprocess.run(cmd[:-3] + ["--report", str(tmp_path / "final.json")], cwd=REPO,
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "import.bulk_unfinished" in done.stderr
+    final = json.loads((tmp_path / "final.json").read_text())
+    check_report(final, expected(std_export))
+    assert set(final["run"]["bulk"]["rebuilt_seconds"]) >= {"messages_chat_seq_key"}
+    assert await messages_schema(fresh_db) == schema
+    conn = await asyncpg.connect(fresh_db)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM import_deferred") == 0
+        assert await logical_digest(conn) == want
+        await check_database(conn, std_export, tmp_path / "data")
+    finally:
+        await conn.close()
