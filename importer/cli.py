@@ -28,7 +28,7 @@ import asyncpg
 from wsserver import db
 from wsserver.config import Settings
 
-from . import bulk
+from . import bulk, shard
 from .export import ConversationPlan, Export, ExportError, page_files
 from .load import IMPORT_LOCK_ID, Loader
 from .report import Totals, build_report, plan_stats, render_text, write_json
@@ -52,8 +52,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-messages", type=int, default=5000,
                     help="messages per transaction (default 5000)")
     ap.add_argument("--writers", type=int, default=2,
-                    help="database connections writing in parallel, each with whole "
-                         "conversations (default 2; 1 leaves more CPU to a live server)")
+                    help="writers in parallel, each a process with its own connection "
+                         "and whole conversations (default 2; 1 writes from this "
+                         "process and leaves more CPU to a live server)")
     ap.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
                     help="bar on a terminal, plain log lines otherwise (default auto)")
     ap.add_argument("--progress-every", type=float, default=5.0,
@@ -215,15 +216,31 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
             "INSERT INTO import_runs (export_id, source_dir) VALUES ($1, $2) RETURNING id",
             export_id, str(args.dir.resolve()))
         users_new, orders_new = await _upsert_people(conn, export)
-        done = {r["conversation_sid"]: r["signature"] for r in await conn.fetch(
-            "SELECT conversation_sid, signature FROM import_conversations WHERE export_id = $1",
-            export_id)}
-        storage = LocalStorage(settings.data_dir / "attachments")
-        loaders = [Loader(c, storage, export_id, run_id, args.batch_messages,
-                          on_commit=progress.update) for c in [conn, *writers]]
-        for loader in loaders:
+        storage_dir = settings.data_dir / "attachments"
+        if len(writers) > 0:
+            results = await shard.run_writers({
+                "parent": os.getpid(), "log_level": settings.log_level,
+                "dir": str(args.dir), "users": str(export.users_csv),
+                "orders": str(export.orders_csv),
+                "default_lang": settings.default_lang, "dsn": dsn, "storage": str(storage_dir),
+                "export_id": export_id, "run_id": run_id,
+                "batch_messages": args.batch_messages}, len(writers) + 1, progress)
+            counted = [(r["run"], r["phase_s"]) for r in results]
+            skipped = sum(r["skipped"] for r in results)
+            for r in results:
+                export.stats.update(r["stats"])
+                export.issues.extend(r["issues"])
+                export.unknown_identities.update(r["unknown"])
+        else:
+            done = {r["conversation_sid"]: r["signature"] for r in await conn.fetch(
+                "SELECT conversation_sid, signature FROM import_conversations "
+                "WHERE export_id = $1", export_id)}
+            loader = Loader(conn, LocalStorage(storage_dir), export_id, run_id,
+                            args.batch_messages, on_commit=progress.update)
             await loader.prepare()
-        skipped = await _write_all(export, done, loaders, progress, 2 * args.batch_messages)
+            skipped = await _write_all(export, done, [loader], progress,
+                                       2 * args.batch_messages)
+            counted = [(loader.run, dict(loader.phase_s))]
         progress.close()
         t_load = time.monotonic() - t0
         if args.bulk:
@@ -240,13 +257,13 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
         seconds = time.monotonic() - t0
         run: dict[str, Any] = {}
         phases: Counter[str] = Counter()
-        for loader in loaders:
-            for k, v in loader.run.items():
+        for counts, phase_s in counted:
+            for k, v in counts.items():
                 run[k] = run.get(k, 0) + v
-            phases.update(loader.phase_s)
+            phases.update(phase_s)
         # summed over the writers, which run at the same time
         run["phase_seconds"] = {k: round(v, 2) for k, v in sorted(phases.items())}
-        run["writers"] = len(loaders)
+        run["writers"] = len(counted)
         if args.bulk or rebuilt:
             run["bulk"] = {"deferred": deferred, "rebuilt_seconds": rebuilt,
                            "load_seconds": round(t_load, 2),
@@ -270,7 +287,7 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
         log.error("import.bulk_refused %s: stop the nodes, or import without --bulk", exc)
         return 4
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
-            bulk.RebuildFailed) as exc:
+            bulk.RebuildFailed, shard.WriterFailed) as exc:
         log.error("import.failed run=%s error=%s: %s", run_id, type(exc).__name__, exc)
         if conn is not None and run_id is not None and not conn.is_closed():
             try:
@@ -299,7 +316,7 @@ async def _connect(dsn: str) -> asyncpg.Connection:
 
 
 async def _write_all(export: Export, done: dict[str, str], loaders: list[Loader],
-                     progress: Progress, ahead: int) -> int:
+                     progress: Any, ahead: int, shard: tuple[int, int] = (0, 1)) -> int:
     """Hand whole conversations to the writers, whichever is free; flush them all.
 
     A conversation goes to one writer only, so its transactions stay in index order
@@ -312,7 +329,7 @@ async def _write_all(export: Export, done: dict[str, str], loaders: list[Loader]
 
     async def feed() -> None:
         nonlocal skipped
-        async with aclosing(_plans(export, done, ahead)) as plans:
+        async with aclosing(_plans(export, done, ahead, shard)) as plans:
             async for plan in plans:
                 if plan is None:
                     skipped += 1
@@ -369,23 +386,28 @@ class _Budget:
             self.cv.notify_all()
 
 
-async def _plans(export: Export, done: dict[str, str],
-                 ahead: int) -> AsyncIterator[ConversationPlan | None]:
+async def _plans(export: Export, done: dict[str, str], ahead: int,
+                 shard: tuple[int, int] = (0, 1)) -> AsyncIterator[ConversationPlan | None]:
     """Plans made by a reader thread, up to `ahead` messages ahead of the writer.
 
     Reading and mapping is Python work; writing is mostly waiting on PostgreSQL. The
     thread runs while the event loop waits, and the message budget bounds memory.
-    Yields None for a conversation that an earlier run already finished.
+    Yields None for a conversation that an earlier run already finished. With
+    `shard` (k, n), only every n-th distinct conversation from the k-th on is read;
+    shard 0 counts the listing.
     """
+    k, n = shard
     q: queue.SimpleQueue[Any] = queue.SimpleQueue()
     budget = _Budget(ahead)
     stop = threading.Event()
 
     def produce() -> None:
         try:
-            for rec in export.conversation_records():
+            for i, rec in enumerate(export.conversation_records(count=k == 0)):
                 if stop.is_set():
                     return
+                if i % n != k:
+                    continue
                 sig = export.signature(rec)
                 if done.get(rec["sid"]) == sig:
                     q.put(None)

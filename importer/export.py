@@ -407,24 +407,34 @@ class Export:
         self._first = first
         return len(first)
 
-    def conversation_records(self) -> Iterator[dict[str, Any]]:
-        """Distinct conversation records in listing order (duplicates counted)."""
+    def conversation_records(self, count: bool = True) -> Iterator[dict[str, Any]]:
+        """Distinct conversation records in listing order (duplicates counted, unless
+        `count` is false: the listing's counts belong to one reader of it only)."""
         if self._first is None:
             self.index_listing()
         first = self._first or {}
         pos = 0
+        stats: Counter[str] = self.stats if count else Counter()
         for path in page_files(self.root / "conversations"):
-            items = self._read_page(path, "conversations")
+            if count:
+                items = self._read_page(path, "conversations")
+            else:
+                kept = self.stats, self.issues
+                self.stats, self.issues = Counter(), []
+                try:
+                    items = self._read_page(path, "conversations")
+                finally:
+                    self.stats, self.issues = kept
             for item in items:
                 here = pos
                 pos += 1
-                self.stats["conversation_records_in_pages"] += 1
+                stats["conversation_records_in_pages"] += 1
                 sid = item.get("sid") if isinstance(item, dict) else None
                 if not isinstance(sid, str) or not _SAFE_SID.match(sid):
-                    self.stats["invalid_conversation_records"] += 1
+                    stats["invalid_conversation_records"] += 1
                     continue
                 if first.get(sid) != here:
-                    self.stats["duplicate_conversation_records"] += 1
+                    stats["duplicate_conversation_records"] += 1
                     continue
                 yield item
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import re
 from pathlib import Path
 
 import asyncpg
@@ -22,6 +24,44 @@ def test_language_is_guessed_by_script() -> None:
     assert detect("👍🏽🔥 123") == "ru"
     assert detect("👍", default="en") == "en"
     assert detect("Hello, привет, как дела") == "ru"
+
+
+# The rule, written as character classes: detect() counts the same code points on
+# UTF-8 bytes (importer/lang.py), and must answer exactly as this does.
+_RULE = {
+    "ru": re.compile(r"[\u0400-\u052f]"),
+    "zh": re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
+                     r"\u3040-\u30ff]"),
+    "en": re.compile(r"[A-Za-z\u00c0-\u024f]"),
+}
+
+
+def _by_rule(text: str, default: str = "ru") -> str:
+    text = text[:512]
+    n = {lang: len(rx.findall(text)) for lang, rx in _RULE.items()}
+    best = max(n.values())
+    return default if best == 0 else next(lang for lang in ("ru", "zh", "en") if n[lang] == best)
+
+
+def test_language_counts_the_same_code_points_as_the_rule() -> None:
+    """Every BMP code point alone and beside a non-ASCII letter, and random mixes
+    of the code points around each range's edges (where UTF-8 lead bytes are shared
+    with the neighbouring block)."""
+    for c in range(0x10000):
+        for text in (chr(c), chr(c) + "é", "ж" + chr(c) * 2 + "中"):
+            assert detect(text) == _by_rule(text), hex(c)
+    edges = [0x40, 0x5B, 0x60, 0x7B, 0xBF, 0xC0, 0xD7, 0xFF, 0x23F, 0x240, 0x24F, 0x250,
+             0x3FF, 0x400, 0x4FF, 0x500, 0x52F, 0x530, 0x2FFF, 0x3000, 0x303F, 0x3040,
+             0x30FF, 0x3100, 0x33FF, 0x3400, 0x4DBF, 0x4DC0, 0x4DFF, 0x4E00, 0x9FFF, 0xA000,
+             0xD800, 0xF8FF, 0xF900, 0xFAFF, 0xFB00, 0xFF0C, 0x1F600, 0x1FFFF, 0x20000,
+             0x2EFFF, 0x2F000, 0x2F9FF, 0x2FA00, 0x2FA1F, 0x2FA20, 0x30000, 0x10FFFF]
+    pool = [chr(e + d) for e in edges for d in (-1, 0, 1) if 0 <= e + d <= 0x10FFFF]
+    rng = random.Random(20261205)
+    for _ in range(20_000):
+        text = "".join(rng.choice(pool) for _ in range(rng.randint(1, 14)))
+        assert detect(text) == _by_rule(text), [hex(ord(c)) for c in text]
+    long = "中" * 600 + "ж" * 100  # only the first 512 characters are looked at
+    assert detect(long) == _by_rule(long) == "zh"
 
 
 def test_attributes_parse_or_keep_raw() -> None:
