@@ -119,7 +119,7 @@ async def rebuild(conns: list[asyncpg.Connection]) -> dict[str, float]:
                 await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
                 await conn.execute(definition)
                 await conn.execute("DELETE FROM import_deferred WHERE name = $1", name)
-        except asyncpg.PostgresError as exc:
+        except asyncpg.PostgresError as exc:  # a unique key's message names the duplicate
             raise RebuildFailed(f"{name}: {type(exc).__name__}: {exc}") from exc
         took[name] = round(time.perf_counter() - t0, 3)
         log.info("import.bulk_rebuilt name=%s seconds=%.2f", name, took[name])

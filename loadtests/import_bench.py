@@ -70,7 +70,14 @@ def run_importer(export: Path, dsn: str, data: Path, report: Path,
     samples = 0
     while proc.poll() is None:
         try:
-            peak = max(peak, ps.memory_info().rss)
+            # the importer and its writer processes together
+            rss = ps.memory_info().rss
+            for child in ps.children(recursive=True):
+                try:
+                    rss += child.memory_info().rss
+                except psutil.Error:
+                    pass
+            peak = max(peak, rss)
             samples += 1
         except psutil.Error:
             pass
@@ -265,7 +272,8 @@ def write_report(results: list[dict[str, Any]], path_md: Path, note: str) -> Non
         "- *writers*: `--writers`, database connections writing whole conversations in "
         "parallel (the COPYs above use one).",
         "- *load avg*: the machine's 1-minute load average right after the size's runs.",
-        "- *peak RSS*: the importer process, sampled every 20 ms with psutil.",
+        "- *peak RSS*: the importer process and its writer processes together, sampled "
+        "every 20 ms with psutil.",
         "- *re-run*: a second run over the same export; every conversation is already "
         "done and nothing is written.",
         "",

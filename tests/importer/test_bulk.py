@@ -138,3 +138,27 @@ async def test_killed_bulk_run_keeps_nodes_out_until_an_import_finishes_it(
         await check_database(conn, std_export, tmp_path / "data")
     finally:
         await conn.close()
+
+
+async def test_a_duplicate_found_by_the_rebuild_is_named_and_keeps_nodes_out(
+        fresh_db: str, tmp_path: Path) -> None:
+    """A key the load let through (a hand-made duplicate here) fails its build: the
+    run says which index and which key, and the index stays recorded."""
+    from importer import bulk
+
+    conn = await asyncpg.connect(fresh_db)
+    try:
+        await bulk.defer(conn)
+        chat = await conn.fetchval(
+            "INSERT INTO chats (type, \"group\", name) VALUES ('private', 'private', 'x') "
+            "RETURNING id")
+        for seq in (1, 2):
+            await conn.execute(
+                "INSERT INTO messages (chat_id, seq, rev, created_rev, type, message_key, "
+                "external_id) VALUES ($1, $2, $2, $2, 'text', $3, 'IMDUP')",
+                chat, seq, f"k{seq}")
+        with pytest.raises(bulk.RebuildFailed, match=r"(?s)messages_external_idx.*IMDUP"):
+            await bulk.rebuild([conn])
+        assert "messages_external_idx" in await bulk.pending(conn)
+    finally:
+        await conn.close()
