@@ -237,18 +237,26 @@ SELECT q.*,
 # its messages are not inserted. Data-modifying CTEs run to completion whether or
 # not the final SELECT reads them. Each table it joins is also keyed by `= ANY` of
 # the batch's own ids, so even a plan made on empty tables starts from those keys.
-# New messages are queued for the search indexer (wsserver/search_index.py).
+# Nothing in it is quadratic in the batch beyond tuplestore scans: each chat finds
+# its counts in the arrays with array_position (a join with the unnest rescanned
+# the function once per chat), and the numbered rows are materialized once (inlined,
+# the window over them was recomputed once per chat; together a fifth of a
+# 64-message batch). New messages are queued for the search indexer
+# (wsserver/search_index.py).
 _WRITE_SQL = """
 WITH alloc AS (
     UPDATE chats c
-       SET last_seq = c.last_seq + x.n, rev = c.rev + x.n, last_message_id = x.last_id,
+       SET last_seq = c.last_seq + ($2::bigint[])[array_position($1::bigint[], c.id)],
+           rev = c.rev + ($2::bigint[])[array_position($1::bigint[], c.id)],
+           last_message_id = ($3::bigint[])[array_position($1::bigint[], c.id)],
            last_message_at = now(), updated_at = now()
-      FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS x(id, n, last_id)
-     WHERE c.id = ANY($1::bigint[]) AND c.id = x.id
+     WHERE c.id = ANY($1::bigint[])
        AND c.status = 'active' AND c.deleted_at IS NULL
-    RETURNING c.id, c.last_seq - x.n AS seq0, c.rev - x.n AS rev0
+    RETURNING c.id,
+              c.last_seq - ($2::bigint[])[array_position($1::bigint[], c.id)] AS seq0,
+              c.rev - ($2::bigint[])[array_position($1::bigint[], c.id)] AS rev0
 ),
-rows AS (
+rows AS MATERIALIZED (
     SELECT t.*, row_number() OVER (PARTITION BY t.chat_id ORDER BY t.ord) AS k
       FROM unnest($4::bigint[], $5::bigint[], $6::bigint[], $7::text[], $8::text[],
                   $9::text[], $10::text[], $11::bigint[], $12::text[]) WITH ORDINALITY
