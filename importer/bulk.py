@@ -5,7 +5,10 @@ case pg_restore is made for: rows COPYed into a table without its secondary inde
 and foreign keys, which are then built from the whole table in one sorted pass each,
 cost a fraction of the same rows kept indexed one by one. So a bulk run:
 
-1. refuses to start while a node (`application_name` `beseda`) is connected;
+1. takes the advisory lock every node holds shared for its life, exclusively, for
+   the whole run: refused while any node runs, and no node starts meanwhile (a node
+   behind pgbouncer holds no such lock, so connections named `beseda` are refused
+   too);
 2. drops the unique constraints, plain indexes and foreign keys of `messages` (the
    primary key stays: attachments, replies and chats point at it), recording in
    `import_deferred`, in the same transaction, the statement that builds each again;
@@ -13,7 +16,7 @@ cost a fraction of the same rows kept indexed one by one. So a bulk run:
 4. builds everything back, each in a transaction that also deletes its row, then
    ANALYZEs the table.
 
-While `import_deferred` has rows, nodes refuse to start (db.require_complete_schema)
+While `import_deferred` has rows, nodes refuse to start (db.NodePresence)
 and any later run of the importer, bulk or not, builds them before it writes. A kill
 at any point therefore leaves either the old schema or rows that say what is missing.
 
@@ -31,6 +34,8 @@ import logging
 import time
 
 import asyncpg
+
+from wsserver.db import NODE_LOCK_ID
 
 log = logging.getLogger("beseda.importer")
 
@@ -77,15 +82,24 @@ async def pending(conn: asyncpg.Connection) -> list[str]:
     return [r["name"] for r in await conn.fetch("SELECT name FROM import_deferred ORDER BY name")]
 
 
+async def claim(conn: asyncpg.Connection) -> None:
+    """Takes the nodes' advisory lock exclusively for this session (the whole run):
+    refused while any node holds it shared, and no node starts while it is held
+    (wsserver.db.NodePresence). Connections of a node that holds no claim (one behind
+    pgbouncer, or an older version) are refused by name too."""
+    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", NODE_LOCK_ID):
+        raise NodesConnected("a running node holds its claim on this database")
+    n = await nodes_connected(conn)
+    if n:
+        await conn.execute("SELECT pg_advisory_unlock($1)", NODE_LOCK_ID)
+        raise NodesConnected(f"{n} connection(s) of a running node")
+
+
 async def defer(conn: asyncpg.Connection) -> list[str]:
-    """Drops what a bulk load need not maintain; returns the names dropped now."""
+    """Drops what a bulk load need not maintain; returns the names dropped now.
+    `claim` must have succeeded on this connection."""
     async with conn.transaction():
-        # Taken before the check: a node that connects later finds the rows (and
-        # refuses to start); one already connected is seen here.
         await conn.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
-        n = await nodes_connected(conn)
-        if n:
-            raise NodesConnected(f"{n} connection(s) of a running node")
         items = sorted(await conn.fetch(_CATALOG_SQL),
                        key=lambda r: (-KIND_ORDER[r["kind"]], r["name"]))
         for r in items:

@@ -211,7 +211,10 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
         if not args.bulk and await bulk.pending(conn):
             log.warning("import.bulk_unfinished an earlier --bulk run left indexes to build")
             rebuilt = await bulk.rebuild([conn, *writers])
-        deferred = await bulk.defer(conn) if args.bulk else []
+        deferred: list[str] = []
+        if args.bulk:
+            await bulk.claim(conn)  # held until this process's session ends
+            deferred = await bulk.defer(conn)
         run_id = await conn.fetchval(
             "INSERT INTO import_runs (export_id, source_dir) VALUES ($1, $2) RETURNING id",
             export_id, str(args.dir.resolve()))

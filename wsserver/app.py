@@ -26,6 +26,7 @@ from .registry import Registry
 from .search_index import SearchIndexer
 from .server import ChatServer
 from .store import REPLY_PAGE_BYTES, Store
+from .tasks import cancel_and_wait
 from .writer import BatchWriter
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ def tune_gc() -> None:
 # A pooled connection idle this long is closed by the pool; the store keeps the
 # ones it is given back for as long before returning them (`Store.connection`).
 IDLE_CONNECTION_S = 60.0
+PRESENCE_CHECK_S = 5.0  # how soon a node takes its claim again after a database restart
 
 # A shutdown step that has not finished by then is abandoned (and cancelled), so a
 # stuck bus or provider connection cannot keep a stopping node alive.
@@ -85,6 +87,8 @@ class Node:
         self._http_task: asyncio.Task[None] | None = None
         self._lag_task: asyncio.Task[None] | None = None
         self.search_index: SearchIndexer | None = None
+        self.presence: db.NodePresence | None = None
+        self._presence_task: asyncio.Task[None] | None = None
 
     async def start(self, *, migrate: bool = True) -> None:
         s = self.settings
@@ -93,7 +97,12 @@ class Node:
             applied = await db.migrate(self.dsn)
             if applied:
                 log.info("migrate.done applied=%s", ",".join(applied))
-        await db.require_complete_schema(self.dsn)
+        # Held for the node's life, so a bulk import cannot take the schema apart
+        # under it (and this node cannot start while one does): db.NodePresence.
+        self.presence = db.NodePresence(self.dsn, s)
+        await self.presence.claim()
+        self._presence_task = asyncio.get_running_loop().create_task(
+            self._keep_presence(self.presence))
         # Each writer lane keeps one connection; reads need at least two more.
         pool_max = max(s.db_pool_max, s.writer_lanes + 2)
         if pool_max != s.db_pool_max:
@@ -221,6 +230,12 @@ class Node:
         metrics.SEND_QUEUE_BUFFERED_BYTES.set(total)
         metrics.SEND_QUEUE_LARGEST_BYTES.set(largest)
 
+    @staticmethod
+    async def _keep_presence(presence: db.NodePresence) -> None:
+        while True:
+            await asyncio.sleep(PRESENCE_CHECK_S)
+            await presence.keep()
+
     async def stop(self, timeout: float | None = None) -> None:
         """Drain: stop accepting, finish batches, close sockets with 1012, shut down."""
         t = self.settings.drain_timeout_s if timeout is None else timeout
@@ -237,6 +252,9 @@ class Node:
             await self.search_index.stop()
         if self._lag_task is not None:
             self._lag_task.cancel()
+        await cancel_and_wait(self._presence_task)
+        if self.presence is not None:
+            await _bounded(self.presence.close(), STOP_PART_TIMEOUT_S, "presence")
         if self.pool is not None:
             await self.store.close()
             with contextlib.suppress(Exception):

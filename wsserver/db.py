@@ -148,22 +148,86 @@ async def migrate(dsn: str) -> list[str]:
     return applied_now
 
 
+NODE_LOCK_ID = 0x6265_7365_6467  # held shared by every node, exclusively by a bulk import
+
+
 class SchemaIncomplete(RuntimeError):
-    """the schema is not whole (a bulk import has indexes left to build)"""
+    """the schema is not whole (a bulk import has indexes left to build, or runs)"""
 
 
-async def require_complete_schema(dsn: str) -> None:
-    """Refuses to serve a database whose `messages` indexes a bulk import dropped
-    (importer/bulk.py): without them every send would scan, and the unique keys
-    that make sends idempotent would not hold."""
-    conn = await asyncpg.connect(dsn, statement_cache_size=0)
-    try:
+class NodePresence:
+    """A node's standing claim on its database, for the bulk importer to see.
+
+    Every node holds the advisory lock NODE_LOCK_ID shared, on a connection of its
+    own, for as long as it runs; `beseda import-twilio --bulk` takes it exclusively
+    for its whole run before it drops the indexes of `messages`. So the two exclude
+    each other whichever comes first, with no window between a check and an action
+    (importer/bulk.py). A node also refuses a database whose indexes a bulk import
+    dropped and has not built again (`import_deferred` rows): without them every send
+    would scan, and the unique keys that make sends idempotent would not hold.
+
+    If the connection is lost (the database restarted), it is opened again and the
+    lock taken again at the next `keep` call (every few seconds from the node).
+    Through pgbouncer in transaction mode a session lock means nothing, so there is
+    no claim: the bulk importer then relies on its check of connected nodes alone.
+    """
+
+    def __init__(self, dsn: str, settings: Settings) -> None:
+        self.dsn = dsn
+        self.settings = settings
+        self.conn: asyncpg.Connection | None = None
+
+    async def claim(self) -> None:
+        if self.settings.pgbouncer:
+            conn = await asyncpg.connect(self.dsn, **connect_kwargs(self.settings))
+            try:
+                await self._check_deferred(conn)
+            finally:
+                await conn.close()
+            return
+        conn = await asyncpg.connect(self.dsn, **connect_kwargs(self.settings))
+        try:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock_shared($1)", NODE_LOCK_ID):
+                raise SchemaIncomplete(
+                    "a bulk import (beseda import-twilio --bulk) is running against this "
+                    "database; start the node when it has finished")
+            await self._check_deferred(conn)
+        except BaseException:
+            await conn.close()
+            raise
+        self.conn = conn
+
+    @staticmethod
+    async def _check_deferred(conn: asyncpg.Connection) -> None:
         names = await conn.fetchval(
             "SELECT string_agg(name, ', ' ORDER BY name) FROM import_deferred")
-    finally:
-        await conn.close()
-    if names:
-        raise SchemaIncomplete(
-            "a bulk import (beseda import-twilio --bulk) has not built these yet: "
-            f"{names}; run the importer again to finish it")
+        if names:
+            raise SchemaIncomplete(
+                "a bulk import (beseda import-twilio --bulk) has not built these yet: "
+                f"{names}; run the importer again to finish it")
 
+    async def keep(self) -> None:
+        """Takes the claim again if its connection was lost; never raises."""
+        if self.settings.pgbouncer or (self.conn is not None and not self.conn.is_closed()):
+            return
+        try:
+            conn = await asyncpg.connect(self.dsn, **connect_kwargs(self.settings))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            return  # the database is still away; next time
+        try:
+            held = await conn.fetchval("SELECT pg_try_advisory_lock_shared($1)", NODE_LOCK_ID)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await conn.close()
+            return
+        if not held:
+            log.error("node.presence_lost a bulk import holds the database; this node "
+                      "keeps serving but should be stopped until the import has finished")
+            await conn.close()
+            return
+        self.conn = conn
+        log.info("node.presence_restored")
+
+    async def close(self) -> None:
+        if self.conn is not None and not self.conn.is_closed():
+            await self.conn.close()
+        self.conn = None

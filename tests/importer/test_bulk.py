@@ -162,3 +162,57 @@ async def test_a_duplicate_found_by_the_rebuild_is_named_and_keeps_nodes_out(
         assert "messages_external_idx" in await bulk.pending(conn)
     finally:
         await conn.close()
+
+
+async def test_a_node_cannot_start_between_the_bulk_check_and_the_drops(
+        fresh_db: str, std_export: Path, tmp_path: Path, base_settings: Any) -> None:
+    """The race a newcomer found: a bulk import that has checked for nodes but waits
+    to drop (here, behind an open write on `chats`) already holds the nodes' lock, so
+    a node starting meanwhile is refused, before it opens its pool; and a running
+    node holds that lock shared, so the import is refused even when the node's pool
+    has no connection open."""
+    import asyncio
+
+    from importer import bulk
+    from wsserver.app import Node
+    from wsserver.db import NODE_LOCK_ID
+
+    blocker = await asyncpg.connect(fresh_db)
+    await blocker.execute("INSERT INTO chats (type, \"group\", name) "
+                          "VALUES ('private', 'private', 'x')")
+    tr = blocker.transaction()
+    await tr.start()
+    await blocker.execute("UPDATE chats SET name = name")
+    run = asyncio.ensure_future(cli.run_async(importer_argv(
+        std_export, fresh_db, tmp_path / "d", "--bulk", "--writers", "1")))
+    probe = await asyncpg.connect(fresh_db)
+    try:
+        for _ in range(200):  # until the import waits on its drops
+            waiting = await probe.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND application_name = 'beseda-importer'")
+            if waiting:
+                break
+            await asyncio.sleep(0.05)
+        assert waiting, "the import never reached its drops"
+        node = Node(base_settings.with_(database_url=fresh_db))
+        with pytest.raises(db.SchemaIncomplete, match="bulk import .* is running"):
+            await node.start()
+        assert node.pool is None
+        await tr.commit()
+        assert await asyncio.wait_for(run, 300) == 0
+    finally:
+        if not run.done():
+            run.cancel()
+        await blocker.close()
+
+    # and the other way round: a running node holds the lock for its life
+    node = Node(base_settings.with_(database_url=fresh_db))
+    await node.start()
+    try:
+        assert not await probe.fetchval("SELECT pg_try_advisory_lock($1)", NODE_LOCK_ID)
+        with pytest.raises(bulk.NodesConnected):
+            await bulk.claim(probe)
+    finally:
+        await node.stop(timeout=2)
+        await probe.close()
