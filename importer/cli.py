@@ -3,7 +3,8 @@
 Exit codes: 0 imported (bad records are counted in the report, never fatal),
 1 the import failed (database or file system), 2 bad usage or unreadable export,
 3 another importer is running against this database, 4 `--bulk` while a node is
-connected to the database.
+connected to the database, 130 stopped by SIGTERM or SIGINT (the run is marked
+`interrupted`; run it again to resume).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import logging
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -51,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
                     help="write the JSON report here (default: under the data folder)")
     ap.add_argument("--batch-messages", type=int, default=5000,
                     help="messages per transaction (default 5000)")
-    ap.add_argument("--writers", type=int, default=2,
+    ap.add_argument("--writers", type=_writers, default=2,
                     help="writers in parallel, each a process with its own connection "
                          "and whole conversations (default 2; 1 writes from this "
                          "process and leaves more CPU to a live server)")
@@ -67,6 +69,16 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--database-url", help="overrides DATABASE_URL")
     ap.add_argument("--data-dir", type=Path, help="overrides BESEDA_DATA_DIR")
     return ap
+
+
+MAX_WRITERS = 16
+
+
+def _writers(text: str) -> int:
+    n = int(text)
+    if not 1 <= n <= MAX_WRITERS:
+        raise argparse.ArgumentTypeError(f"from 1 to {MAX_WRITERS}")
+    return n
 
 
 class Progress:
@@ -167,6 +179,13 @@ async def run_async(argv: list[str]) -> int:
              args.dir, total, export_id, args.dry_run)
     progress = Progress(total, args.progress, args.progress_every)
     t0 = time.monotonic()
+    # SIGTERM and SIGINT end the run like a failure would: the run row says so,
+    # the writers are stopped, the connections closed; what committed stays.
+    main = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if main is not None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, main.cancel)
     if args.dry_run:
         report = _dry_run(export, progress, args.report)
         report["run"].update(export_id=export_id, seconds=round(time.monotonic() - t0, 2))
@@ -205,7 +224,7 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
             return 3
         await conn.execute("UPDATE import_runs SET status = 'interrupted', finished_at = now() "
                            "WHERE status = 'running'")
-        for _ in range(max(1, args.writers) - 1):
+        if args.writers > 1:  # a second connection for the bulk builds
             writers.append(await _connect(dsn))
         rebuilt: dict[str, float] = {}
         if not args.bulk and await bulk.pending(conn):
@@ -220,14 +239,14 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
             export_id, str(args.dir.resolve()))
         users_new, orders_new = await _upsert_people(conn, export)
         storage_dir = settings.data_dir / "attachments"
-        if len(writers) > 0:
+        if args.writers > 1:
             results = await shard.run_writers({
                 "parent": os.getpid(), "log_level": settings.log_level,
                 "dir": str(args.dir), "users": str(export.users_csv),
                 "orders": str(export.orders_csv),
                 "default_lang": settings.default_lang, "dsn": dsn, "storage": str(storage_dir),
                 "export_id": export_id, "run_id": run_id,
-                "batch_messages": args.batch_messages}, len(writers) + 1, progress)
+                "batch_messages": args.batch_messages}, args.writers, progress)
             counted = [(r["run"], r["phase_s"]) for r in results]
             skipped = sum(r["skipped"] for r in results)
             for r in results:
@@ -286,6 +305,15 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
         log.info("import.done run=%s messages=%d seconds=%.1f report=%s", run_id,
                  run["messages_inserted"], seconds, path)
         return 0
+    except asyncio.CancelledError:
+        log.warning("import.interrupted run=%s by a signal; run it again to resume", run_id)
+        if conn is not None and run_id is not None and not conn.is_closed():
+            try:
+                await conn.execute("UPDATE import_runs SET status = 'interrupted', "
+                                   "finished_at = now() WHERE id = $1", run_id)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                pass
+        return 130
     except bulk.NodesConnected as exc:
         log.error("import.bulk_refused %s: stop the nodes, or import without --bulk", exc)
         return 4

@@ -134,8 +134,10 @@ async def run_writers(spec: dict[str, Any], n: int, progress: Any) -> list[dict[
             else:
                 failure = f"import-writer-{event[1]}: {event[2]}"
     finally:
+        # a failure, or this task cancelled (a signal): the others stop now
+        stop_all = failure or len(results) < n
         for p in procs:
-            if failure and p.is_alive():
+            if stop_all and p.is_alive():
                 p.terminate()
             await loop.run_in_executor(None, p.join, 30)
         events.close()

@@ -208,14 +208,27 @@ class ChatService:
             )
             if before is not None and before["left_at"] is None and before["role"] == role:
                 return {"chat_id": chat_id, "user_id": user_id, "role": role, "changed": False}
-            # A returning participant starts with everything before now read.
+            # A new or returning participant starts with everything before now read:
+            # what was said while they were away is history, not unread news.
             await conn.execute(
-                """INSERT INTO chat_participants (chat_id, user_id, role, last_read_seq,
-                                                  delivered_seq)
-                   SELECT $1, $2, $3, c.last_seq, c.last_seq FROM chats c WHERE c.id = $1
+                """INSERT INTO chat_participants AS p (chat_id, user_id, role, last_read_seq,
+                                                       last_read_message_id, delivered_seq)
+                   SELECT $1, $2, $3, c.last_seq, c.last_message_id, c.last_seq
+                     FROM chats c WHERE c.id = $1
                    ON CONFLICT (chat_id, user_id) DO UPDATE SET role = EXCLUDED.role,
-                       left_at = NULL, joined_at = CASE WHEN chat_participants.left_at IS NULL
-                           THEN chat_participants.joined_at ELSE now() END""",
+                       left_at = NULL,
+                       joined_at = CASE WHEN p.left_at IS NULL THEN p.joined_at ELSE now() END,
+                       last_read_seq = CASE WHEN p.left_at IS NULL OR
+                                                 p.last_read_seq >= EXCLUDED.last_read_seq
+                                            THEN p.last_read_seq
+                                            ELSE EXCLUDED.last_read_seq END,
+                       last_read_message_id = CASE WHEN p.left_at IS NULL OR
+                                                        p.last_read_seq >= EXCLUDED.last_read_seq
+                                                   THEN p.last_read_message_id
+                                                   ELSE EXCLUDED.last_read_message_id END,
+                       delivered_seq = CASE WHEN p.left_at IS NULL THEN p.delivered_seq
+                                            ELSE GREATEST(p.delivered_seq,
+                                                          EXCLUDED.delivered_seq) END""",
                 chat_id, user_id, role,
             )
             _row, event = await self._record(

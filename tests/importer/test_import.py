@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 
 from importer import cli
 
@@ -309,3 +310,53 @@ async def test_second_importer_is_refused(fresh_db: str, std_export: Path,
         assert rc == 3
     finally:
         await holder.close()
+
+
+def test_sigterm_marks_the_run_interrupted_and_stops_the_writers(
+        fresh_db: str, std_export: Path, tmp_path: Path) -> None:
+    """SIGTERM mid-run: exit 130, the run row says `interrupted`, no writer process
+    outlives the importer, and the next run finishes the import exactly."""
+    import asyncio
+
+    import psutil
+
+    env = subprocess_env(fresh_db)
+    cmd = importer_cmd(std_export, tmp_path / "data", "--batch-messages", "250",
+                       "--writers", "2")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "import.progress" in line:
+            break
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert children, "the writers run as processes of their own"
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130
+    assert "import.interrupted" in rest
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive
+    done = subprocess.run(cmd + ["--report", str(tmp_path / "final.json")], cwd=REPO,
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    async def check() -> None:
+        conn = await asyncpg.connect(fresh_db)
+        try:
+            statuses = [r[0] for r in await conn.fetch(
+                "SELECT status FROM import_runs ORDER BY id")]
+            assert statuses == ["interrupted", "finished"]
+            await check_database(conn, std_export, tmp_path / "data")
+        finally:
+            await conn.close()
+
+    asyncio.run(check())
+
+
+def test_writers_are_bounded() -> None:
+    """--writers takes 1 to 16: each is a process with a connection of its own."""
+    for bad in ("0", "17", "-1"):
+        with pytest.raises(SystemExit):
+            cli.parser().parse_args(["x", "--writers", bad])
+    assert cli.parser().parse_args(["x", "--writers", "16"]).writers == 16

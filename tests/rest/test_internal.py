@@ -149,6 +149,18 @@ async def test_participants_join_and_leave_with_events(api, world):
     kinds = [ch["type"] for ch in sync["chats"][0]["changes"]]
     assert kinds == ["chat.user.join", "chat.message.new", "chat.user.leave"]
 
+    # said while c was away, then c comes back: history, not unread news
+    away = await wa.ok("message.send", send_data(chat, "away", "while c was away"))
+    st, _ = await api.service("POST", f"/chats/{chat}/participants", json={"user_id": c, "role": "member"})
+    assert st == 200
+    st, out = await api.service("GET", f"/chats/{chat}/participants")
+    parts = {p["user_id"]: p for p in out["data"]}
+    assert parts[c]["left_at"] is None and parts[c]["unread"] == 0
+    assert parts[c]["last_read_message_id"] == away["id"]
+    await wa.ok("message.send", send_data(chat, "back", "welcome back"))
+    st, out = await api.service("GET", f"/chats/{chat}/participants")
+    assert {p["user_id"]: p["unread"] for p in out["data"]}[c] == 1
+
 
 async def test_system_message_is_delivered_once_per_key(api, world):
     a, b = await world.user(), await world.user()
