@@ -172,20 +172,28 @@ class NodePresence:
     no claim: the bulk importer then relies on its check of connected nodes alone.
     """
 
+    APPLICATION = "beseda-presence"  # not counted with the pool's `beseda` connections
+
     def __init__(self, dsn: str, settings: Settings) -> None:
         self.dsn = dsn
         self.settings = settings
         self.conn: asyncpg.Connection | None = None
 
+    async def _connect(self) -> asyncpg.Connection:
+        kwargs = connect_kwargs(self.settings)
+        kwargs["server_settings"] = {**kwargs["server_settings"],
+                                     "application_name": self.APPLICATION}
+        return await asyncpg.connect(self.dsn, **kwargs)
+
     async def claim(self) -> None:
         if self.settings.pgbouncer:
-            conn = await asyncpg.connect(self.dsn, **connect_kwargs(self.settings))
+            conn = await self._connect()
             try:
                 await self._check_deferred(conn)
             finally:
                 await conn.close()
             return
-        conn = await asyncpg.connect(self.dsn, **connect_kwargs(self.settings))
+        conn = await self._connect()
         try:
             if not await conn.fetchval("SELECT pg_try_advisory_lock_shared($1)", NODE_LOCK_ID):
                 raise SchemaIncomplete(
@@ -211,7 +219,7 @@ class NodePresence:
         if self.settings.pgbouncer or (self.conn is not None and not self.conn.is_closed()):
             return
         try:
-            conn = await asyncpg.connect(self.dsn, **connect_kwargs(self.settings))
+            conn = await self._connect()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
             return  # the database is still away; next time
         try:

@@ -312,12 +312,10 @@ async def test_second_importer_is_refused(fresh_db: str, std_export: Path,
         await holder.close()
 
 
-def test_sigterm_marks_the_run_interrupted_and_stops_the_writers(
+async def test_sigterm_marks_the_run_interrupted_and_stops_the_writers(
         fresh_db: str, std_export: Path, tmp_path: Path) -> None:
     """SIGTERM mid-run: exit 130, the run row says `interrupted`, no writer process
     outlives the importer, and the next run finishes the import exactly."""
-    import asyncio
-
     import psutil
 
     env = subprocess_env(fresh_db)
@@ -340,18 +338,13 @@ def test_sigterm_marks_the_run_interrupted_and_stops_the_writers(
     done = subprocess.run(cmd + ["--report", str(tmp_path / "final.json")], cwd=REPO,
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-
-    async def check() -> None:
-        conn = await asyncpg.connect(fresh_db)
-        try:
-            statuses = [r[0] for r in await conn.fetch(
-                "SELECT status FROM import_runs ORDER BY id")]
-            assert statuses == ["interrupted", "finished"]
-            await check_database(conn, std_export, tmp_path / "data")
-        finally:
-            await conn.close()
-
-    asyncio.run(check())
+    conn = await asyncpg.connect(fresh_db)
+    try:
+        statuses = [r[0] for r in await conn.fetch("SELECT status FROM import_runs ORDER BY id")]
+        assert statuses == ["interrupted", "finished"]
+        await check_database(conn, std_export, tmp_path / "data")
+    finally:
+        await conn.close()
 
 
 def test_writers_are_bounded() -> None:
