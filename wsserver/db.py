@@ -220,17 +220,17 @@ class NodePresence:
             return
         try:
             conn = await self._connect()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-            return  # the database is still away; next time
+        except Exception:  # the database is still away: next time
+            return
         try:
             held = await conn.fetchval("SELECT pg_try_advisory_lock_shared($1)", NODE_LOCK_ID)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            await conn.close()
+        except Exception:
+            conn.terminate()
             return
         if not held:
             log.error("node.presence_lost a bulk import holds the database; this node "
                       "keeps serving but should be stopped until the import has finished")
-            await conn.close()
+            conn.terminate()
             return
         self.conn = conn
         log.info("node.presence_restored")

@@ -216,3 +216,43 @@ async def test_a_node_cannot_start_between_the_bulk_check_and_the_drops(
     finally:
         await node.stop(timeout=2)
         await probe.close()
+
+
+async def test_a_node_takes_its_claim_again_after_losing_its_connection(
+        node_factory: Any) -> None:
+    """The presence connection killed (as by a database restart): the node opens it
+    again and holds the lock again, so a bulk import started afterwards is refused."""
+    import asyncio
+
+    from importer import bulk
+
+    node = await node_factory()
+    dsn = node_factory.dsn
+    admin = await asyncpg.connect(dsn)
+    try:
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'beseda-presence' AND datname = current_database()")
+        assert killed == 1
+        lost = node.presence.conn
+        for _ in range(100):  # the node notices the server's goodbye
+            if lost.is_closed():
+                break
+            await asyncio.sleep(0.05)
+        assert lost.is_closed()
+        for _ in range(100):
+            await node.presence.keep()  # what the node's task does every few seconds
+            if node.presence.conn is not lost and node.presence.conn is not None:
+                break
+            await asyncio.sleep(0.05)
+        held = await admin.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ShareLock' "
+            "AND granted")
+        assert held == 1
+        from wsserver.db import NODE_LOCK_ID
+
+        assert not await admin.fetchval("SELECT pg_try_advisory_lock($1)", NODE_LOCK_ID)
+        with pytest.raises(bulk.NodesConnected):
+            await bulk.claim(admin)
+    finally:
+        await admin.close()
