@@ -214,7 +214,7 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
                   export_id: str, progress: Progress, t0: float) -> int:
     dsn, embedded = await db.resolve_database_url(settings)
     conn: asyncpg.Connection | None = None
-    writers: list[asyncpg.Connection] = []
+    spare: list[asyncpg.Connection] = []  # a second connection for the bulk builds
     run_id = None
     try:
         await db.migrate(dsn)
@@ -224,12 +224,12 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
             return 3
         await conn.execute("UPDATE import_runs SET status = 'interrupted', finished_at = now() "
                            "WHERE status = 'running'")
-        if args.writers > 1:  # a second connection for the bulk builds
-            writers.append(await _connect(dsn))
+        if args.writers > 1:
+            spare.append(await _connect(dsn))
         rebuilt: dict[str, float] = {}
         if not args.bulk and await bulk.pending(conn):
             log.warning("import.bulk_unfinished an earlier --bulk run left indexes to build")
-            rebuilt = await bulk.rebuild([conn, *writers])
+            rebuilt = await bulk.rebuild([conn, *spare])
         deferred: list[str] = []
         if args.bulk:
             await bulk.claim(conn)  # held until this process's session ends
@@ -260,13 +260,13 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
             loader = Loader(conn, LocalStorage(storage_dir), export_id, run_id,
                             args.batch_messages, on_commit=progress.update)
             await loader.prepare()
-            skipped = await _write_all(export, done, [loader], progress,
+            skipped = await _write_all(export, done, loader, progress,
                                        2 * args.batch_messages)
             counted = [(loader.run, dict(loader.phase_s))]
         progress.close()
         t_load = time.monotonic() - t0
         if args.bulk:
-            rebuilt = await bulk.rebuild([conn, *writers])
+            rebuilt = await bulk.rebuild([conn, *spare])
 
         path = args.report or settings.data_dir / "import-reports" / f"twilio-run-{run_id}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -307,12 +307,7 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
         return 0
     except asyncio.CancelledError:
         log.warning("import.interrupted run=%s by a signal; run it again to resume", run_id)
-        if conn is not None and run_id is not None and not conn.is_closed():
-            try:
-                await conn.execute("UPDATE import_runs SET status = 'interrupted', "
-                                   "finished_at = now() WHERE id = $1", run_id)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                pass
+        await _end_run(conn, run_id, "interrupted")
         return 130
     except bulk.NodesConnected as exc:
         log.error("import.bulk_refused %s: stop the nodes, or import without --bulk", exc)
@@ -320,19 +315,25 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
             bulk.RebuildFailed, shard.WriterFailed) as exc:
         log.error("import.failed run=%s error=%s: %s", run_id, type(exc).__name__, exc)
-        if conn is not None and run_id is not None and not conn.is_closed():
-            try:
-                await conn.execute("UPDATE import_runs SET status = 'failed', finished_at = now()"
-                                   " WHERE id = $1", run_id)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                pass
+        await _end_run(conn, run_id, "failed")
         return 1
     finally:
-        for c in [*writers, conn]:
+        for c in [*spare, conn]:
             if c is not None and not c.is_closed():
                 await c.close()
         if embedded is not None:
             embedded.release()
+
+
+async def _end_run(conn: asyncpg.Connection | None, run_id: int | None, status: str) -> None:
+    """Records how a run ended, if its row and connection are still there."""
+    if conn is None or run_id is None or conn.is_closed():
+        return
+    try:
+        await conn.execute("UPDATE import_runs SET status = $2, finished_at = now() "
+                           "WHERE id = $1", run_id, status)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        pass
 
 
 async def _connect(dsn: str) -> asyncpg.Connection:
@@ -346,45 +347,24 @@ async def _connect(dsn: str) -> asyncpg.Connection:
     })
 
 
-async def _write_all(export: Export, done: dict[str, str], loaders: list[Loader],
+async def _write_all(export: Export, done: dict[str, str], loader: Loader,
                      progress: Any, ahead: int, shard: tuple[int, int] = (0, 1)) -> int:
-    """Hand whole conversations to the writers, whichever is free; flush them all.
+    """Write the conversations of one shard (all of them by default) with one loader.
 
-    A conversation goes to one writer only, so its transactions stay in index order
-    and two writers never touch the same chat. Each transaction still carries its
-    conversations' progress rows, so a kill leaves any mix of finished conversations
-    behind, which the next run handles like any other. Returns the count skipped.
+    Each transaction carries its conversations' progress rows, so a kill leaves any
+    mix of finished conversations behind, which the next run handles like any other.
+    The reader thread of `_plans` keeps mapping while the loader writes. Returns the
+    count skipped (finished by an earlier run).
     """
-    handoff: asyncio.Queue[ConversationPlan | None] = asyncio.Queue(maxsize=1)
     skipped = 0
-
-    async def feed() -> None:
-        nonlocal skipped
-        async with aclosing(_plans(export, done, ahead, shard)) as plans:
-            async for plan in plans:
-                if plan is None:
-                    skipped += 1
-                    progress.update(1, 0)
-                else:
-                    await handoff.put(plan)
-        for _ in loaders:
-            await handoff.put(None)
-
-    async def write(loader: Loader) -> None:
-        while (plan := await handoff.get()) is not None:
-            await loader.add(plan)
-        await loader.flush()
-
-    tasks = [asyncio.ensure_future(feed())] + [asyncio.ensure_future(write(x)) for x in loaders]
-    try:
-        finished, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for t in finished:
-            if t.exception() is not None:
-                raise t.exception()  # type: ignore[misc]
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async with aclosing(_plans(export, done, ahead, shard)) as plans:
+        async for plan in plans:
+            if plan is None:
+                skipped += 1
+                progress.update(1, 0)
+            else:
+                await loader.add(plan)
+    await loader.flush()
     return skipped
 
 

@@ -66,11 +66,15 @@ def detect(text: str, default: str = "ru") -> str:
     if _NOT_CJK_E4 in b:
         cjk -= b.count(_NOT_CJK_E4)
     if b"E" in t:
-        extra = {"cyr": 0, "cjk": 0, "lat": 0}
         for lead, script, seq in _EDGES:
             if lead in b:
-                extra[script] += len(seq.findall(b))
-        cyr, cjk, lat = cyr + extra["cyr"], cjk + extra["cjk"], lat + extra["lat"]
+                n = len(seq.findall(b))
+                if script == "cyr":
+                    cyr += n
+                elif script == "lat":
+                    lat += n
+                else:
+                    cjk += n
     best = max(cyr, cjk, lat)
     if best == 0:
         return default

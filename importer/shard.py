@@ -91,7 +91,7 @@ async def _work(spec: dict[str, Any], events: Any) -> dict[str, Any]:
         loader = Loader(conn, LocalStorage(Path(spec["storage"])), spec["export_id"],
                         spec["run_id"], spec["batch_messages"], on_commit=progress.update)
         await loader.prepare()
-        skipped = await _write_all(export, done, [loader], progress,
+        skipped = await _write_all(export, done, loader, progress,
                                    2 * spec["batch_messages"],
                                    (spec["shard"], spec["shards"]))
     finally:

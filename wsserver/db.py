@@ -186,16 +186,10 @@ class NodePresence:
         return await asyncpg.connect(self.dsn, **kwargs)
 
     async def claim(self) -> None:
-        if self.settings.pgbouncer:
-            conn = await self._connect()
-            try:
-                await self._check_deferred(conn)
-            finally:
-                await conn.close()
-            return
         conn = await self._connect()
         try:
-            if not await conn.fetchval("SELECT pg_try_advisory_lock_shared($1)", NODE_LOCK_ID):
+            if not self.settings.pgbouncer and not await conn.fetchval(
+                    "SELECT pg_try_advisory_lock_shared($1)", NODE_LOCK_ID):
                 raise SchemaIncomplete(
                     "a bulk import (beseda import-twilio --bulk) is running against this "
                     "database; start the node when it has finished")
@@ -203,7 +197,10 @@ class NodePresence:
         except BaseException:
             await conn.close()
             raise
-        self.conn = conn
+        if self.settings.pgbouncer:
+            await conn.close()  # no session lock to hold
+        else:
+            self.conn = conn
 
     @staticmethod
     async def _check_deferred(conn: asyncpg.Connection) -> None:

@@ -152,3 +152,17 @@ async def check_replies(conn: asyncpg.Connection, report: dict[str, Any]) -> int
     assert linked == (o["replies"] - o["replies_bad_index"] - o["replies_to_later_index"]
                       - o["replies_target_not_in_export"])
     return int(linked)
+
+
+async def clean_import_digest(export: Path, dsn: str, data_dir: Path) -> dict[str, str]:
+    """The logical digest of one uninterrupted import of `export` into `dsn`: what a
+    killed and resumed import must end with."""
+    from importer import cli
+
+    assert await cli.run_async(importer_argv(export, dsn, data_dir)) == 0
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await logical_digest(conn)
+    finally:
+        await conn.close()
+
