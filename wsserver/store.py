@@ -131,12 +131,6 @@ def fitting(items: Sequence[Any], budget: int) -> int:
     return len(items)
 
 
-def _content_json(lang: str, text: str | None) -> str:
-    if not text:
-        return "{}"
-    return msgspec.json.encode({lang: text}).decode()
-
-
 def _content(lang: str, text: str | None) -> m.Content:
     if not text:
         return m.Content()
@@ -171,18 +165,39 @@ class SendResult:
     error: BesedaError | None = None
 
 
-# A batch of sends is two statements, two round trips. The first checks every row
-# (duplicate key, chat visible to the sender and active, reply in the same chat) and
-# hands out message ids; nothing is written, so a refused row takes no seq. The
-# second (_WRITE_SQL) writes. No per-row round trip. Every lookup is a LATERAL
-# subquery on one key (LIMIT 1 keeps the planner from flattening it into a join):
-# the only plans it can get are index lookups driven by the batch's rows, however
-# empty the tables were when the plan was made (see KEYED_ONLY below).
-_CHECK_SENDS_SQL = f"""
-SELECT q.*,
-       CASE WHEN q.verdict = 'ok' THEN nextval('messages_id_seq'::regclass) END AS new_id
-  FROM (
-    SELECT i.idx,
+# A batch of sends is one statement, one round trip, and (without attachments) its
+# own transaction. It checks every row (duplicate key, chat visible to the sender
+# and active, reply in the same chat); the rows that pass get message ids, each
+# chat's counters move once for all its rows, the rows are numbered in arrival
+# order, inserted, queued for the search indexer (wsserver/search_index.py), and
+# each sender's read horizon moves: the sender has read what they sent, so `unread`
+# never counts a user's own messages. A refused row takes no seq. Each row comes
+# back with its verdict: for a duplicate, the stored message; for a new one, its
+# id, seq, rev and (on the first row of its chat) the chat's members.
+#
+# Two statements (check, then write) were measured first: the second round trip,
+# with its statement overhead on both sides, cost a tenth of the server's CPU per
+# message and a loop turn per batch.
+#
+# Lookups are LATERAL subqueries on one key (LIMIT 1 keeps the planner from
+# flattening them into joins), and every table is also reached by `= ANY` of the
+# batch's own ids, so the only plans are index lookups driven by the batch's rows,
+# however empty the tables were when the plan was made (see KEYED_ONLY below).
+# Chats are locked in id order (an index scan on `= ANY` of the sorted ids), so
+# concurrent nodes do not deadlock; participants after chats, in (chat, user)
+# order, as the receipt flush does; a deadlock with anything else is retried like a
+# key race. A participant row another transaction holds (a receipt flush, a read
+# from the sender's other device) is waited for: skipping it left the sender's own
+# message unread for them. A chat archived or deleted since the statement's
+# snapshot gets no allocation row (the UPDATE rechecks the locked row), so its rows
+# are not inserted and come back `archived`. Data-modifying CTEs run to completion
+# whether or not the final SELECT reads them. Nothing is quadratic in the batch
+# beyond tuplestore scans: each chat finds its counts in the arrays with
+# array_position, and the checked and numbered rows are materialized once.
+_SEND_SQL = f"""
+WITH q AS MATERIALIZED (
+    SELECT i.idx, i.chat_id, i.user_id, i.message_key, i.type, i.body, i.metadata,
+           i.reply_to_id,
            CASE
                WHEN c.id IS NULL OR c.deleted_at IS NOT NULL THEN 'not_found'
                WHEN i.check_member AND (p.user_id IS NULL OR p.left_at IS NOT NULL)
@@ -191,23 +206,22 @@ SELECT q.*,
                    THEN 'duplicate'
                WHEN d.id IS NOT NULL THEN 'key_taken'
                WHEN c.status <> 'active' THEN 'archived'
-               WHEN i.reply_to_id IS NOT NULL AND r.id IS NULL THEN 'bad_reply'
+               WHEN i.reply_to_id IS NOT NULL AND r.chat_id IS DISTINCT FROM i.chat_id
+                   THEN 'bad_reply'
                ELSE 'ok'
            END AS verdict,
            COALESCE(i.lang, u.locale, $11) AS final_lang,
-           {MSG_COLS.replace("m.", "d.")},
-           CASE WHEN d.id IS NOT NULL THEN (
-               SELECT jsonb_agg(jsonb_build_object('id', a.id, 'type', a.type,
-                   'mime_type', a.mime_type, 'size', a.size, 'name', a.name,
-                   'status', a.status, 'metadata', a.metadata) ORDER BY a.id)
-                 FROM message_attachments a WHERE a.message_id = d.id) END AS attachments
+           d.id AS dup_id
       FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],
                   $6::text[], $7::text[], $8::text[], $9::bigint[], $10::bool[])
            AS i(idx, chat_id, user_id, message_key, type, body, lang, metadata,
                 reply_to_id, check_member)
       LEFT JOIN LATERAL (
-          SELECT * FROM messages d
-           WHERE d.chat_id = i.chat_id AND d.message_key = i.message_key LIMIT 1) d ON true
+          SELECT d.id, d.user_id FROM (
+              SELECT d.id, d.user_id, d.chat_id, d.message_key FROM messages d
+               WHERE (d.chat_id, d.message_key) >= (i.chat_id, i.message_key)
+               ORDER BY d.chat_id, d.message_key LIMIT 1) d
+           WHERE d.chat_id = i.chat_id AND d.message_key = i.message_key) d ON true
       LEFT JOIN LATERAL (
           SELECT c.id, c.deleted_at, c.status FROM chats c
            WHERE c.id = i.chat_id LIMIT 1) c ON true
@@ -215,60 +229,46 @@ SELECT q.*,
           SELECT p.user_id, p.left_at FROM chat_participants p
            WHERE p.chat_id = i.chat_id AND p.user_id = i.user_id LIMIT 1) p ON true
       LEFT JOIN LATERAL (
-          SELECT r.id FROM messages r
-           WHERE r.id = i.reply_to_id AND r.chat_id = i.chat_id LIMIT 1) r ON true
+          SELECT r.chat_id FROM messages r
+           WHERE r.id = i.reply_to_id LIMIT 1) r ON true
       LEFT JOIN LATERAL (
           SELECT u.locale FROM users u
            WHERE u.id = i.user_id AND i.lang IS NULL LIMIT 1) u ON true
-  ) q
-"""
-
-# The write itself is one statement, so without attachments it is its own
-# transaction: one round trip instead of BEGIN, two statements and COMMIT. It moves
-# each chat's counters once for all its rows (chats locked in id order, so
-# concurrent nodes do not deadlock), numbers the rows of each chat in arrival order,
-# inserts them from arrays and moves each sender's read horizon: the sender has read
-# what they sent, so `unread` never counts a user's own messages. A participant row
-# another transaction holds (a receipt flush, a read from the sender's other device)
-# is waited for: skipping it left the sender's own message unread for them. Chats
-# are locked before participants, and participants in (chat, user) order, as the
-# receipt flush does, so those never deadlock; a deadlock with anything else is
-# retried like a key race. A chat archived since the check gets no allocation row, so
-# its messages are not inserted. Data-modifying CTEs run to completion whether or
-# not the final SELECT reads them. Each table it joins is also keyed by `= ANY` of
-# the batch's own ids, so even a plan made on empty tables starts from those keys.
-# Nothing in it is quadratic in the batch beyond tuplestore scans: each chat finds
-# its counts in the arrays with array_position (a join with the unnest rescanned
-# the function once per chat), and the numbered rows are materialized once (inlined,
-# the window over them was recomputed once per chat; together a fifth of a
-# 64-message batch). New messages are queued for the search indexer
-# (wsserver/search_index.py).
-_WRITE_SQL = """
-WITH alloc AS (
+),
+fresh AS MATERIALIZED (
+    SELECT s.*, row_number() OVER (PARTITION BY s.chat_id ORDER BY s.idx) AS k,
+           nextval('messages_id_seq'::regclass) AS id
+      FROM (SELECT * FROM q WHERE q.verdict = 'ok' ORDER BY q.chat_id, q.idx) s
+),
+counts AS MATERIALIZED (
+    SELECT array_agg(g.chat_id ORDER BY g.chat_id) AS ids,
+           array_agg(g.n ORDER BY g.chat_id) AS ns,
+           array_agg(g.last_id ORDER BY g.chat_id) AS last_ids
+      FROM (SELECT f.chat_id, count(*) AS n, (array_agg(f.id ORDER BY f.k DESC))[1] AS last_id
+              FROM fresh f GROUP BY f.chat_id) g
+),
+alloc AS (
     UPDATE chats c
-       SET last_seq = c.last_seq + ($2::bigint[])[array_position($1::bigint[], c.id)],
-           rev = c.rev + ($2::bigint[])[array_position($1::bigint[], c.id)],
-           last_message_id = ($3::bigint[])[array_position($1::bigint[], c.id)],
+       SET last_seq = c.last_seq + x.ns[array_position(x.ids, c.id)],
+           rev = c.rev + x.ns[array_position(x.ids, c.id)],
+           last_message_id = x.last_ids[array_position(x.ids, c.id)],
            last_message_at = now(), updated_at = now()
-     WHERE c.id = ANY($1::bigint[])
+      FROM counts x
+     WHERE c.id = ANY(x.ids) AND c.id = ANY($2::bigint[])
        AND c.status = 'active' AND c.deleted_at IS NULL
     RETURNING c.id,
-              c.last_seq - ($2::bigint[])[array_position($1::bigint[], c.id)] AS seq0,
-              c.rev - ($2::bigint[])[array_position($1::bigint[], c.id)] AS rev0
-),
-rows AS MATERIALIZED (
-    SELECT t.*, row_number() OVER (PARTITION BY t.chat_id ORDER BY t.ord) AS k
-      FROM unnest($4::bigint[], $5::bigint[], $6::bigint[], $7::text[], $8::text[],
-                  $9::text[], $10::text[], $11::bigint[], $12::text[]) WITH ORDINALITY
-           AS t(id, chat_id, user_id, type, content, lang, metadata, reply_to_id,
-                message_key, ord)
+              c.last_seq - x.ns[array_position(x.ids, c.id)] AS seq0,
+              c.rev - x.ns[array_position(x.ids, c.id)] AS rev0
 ),
 ins AS (
     INSERT INTO messages (id, chat_id, seq, rev, created_rev, user_id, type, content, lang,
                           metadata, reply_to_id, message_key)
-    SELECT t.id, t.chat_id, a.seq0 + t.k, a.rev0 + t.k, a.rev0 + t.k, t.user_id, t.type,
-           t.content::jsonb, t.lang, t.metadata::jsonb, t.reply_to_id, t.message_key
-      FROM rows t JOIN alloc a ON a.id = t.chat_id
+    SELECT f.id, f.chat_id, a.seq0 + f.k, a.rev0 + f.k, a.rev0 + f.k, f.user_id, f.type,
+           CASE WHEN COALESCE(f.body, '') = '' THEN '{{}}'::jsonb
+                ELSE jsonb_build_object(f.final_lang, f.body) END,
+           f.final_lang, COALESCE(NULLIF(f.metadata, ''), '{{}}')::jsonb, f.reply_to_id,
+           f.message_key
+      FROM fresh f JOIN alloc a ON a.id = f.chat_id
     RETURNING id, chat_id, seq, user_id
 ),
 queued AS (
@@ -283,7 +283,7 @@ free AS (
     SELECT p.chat_id, p.user_id, x.seq, x.id
       FROM chat_participants p
       JOIN latest x ON p.chat_id = x.chat_id AND p.user_id = x.user_id
-     WHERE p.chat_id = ANY($5::bigint[]) AND p.user_id = ANY($6::bigint[])
+     WHERE p.chat_id = ANY($2::bigint[]) AND p.user_id = ANY($3::bigint[])
        AND p.last_read_seq < x.seq
      ORDER BY p.chat_id, p.user_id
        FOR UPDATE OF p
@@ -293,13 +293,31 @@ horizons AS (
        SET last_read_seq = f.seq, last_read_message_id = f.id, last_read_at = now(),
            delivered_seq = GREATEST(p.delivered_seq, f.seq)
       FROM free f
-     WHERE p.chat_id = ANY($5::bigint[]) AND p.user_id = ANY($6::bigint[])
+     WHERE p.chat_id = ANY($2::bigint[]) AND p.user_id = ANY($3::bigint[])
        AND p.chat_id = f.chat_id AND p.user_id = f.user_id
+),
+done AS MATERIALIZED (
+    SELECT f.idx, f.id, a.seq0 + f.k AS seq, a.rev0 + f.k AS rev,
+           CASE WHEN f.k = 1 THEN
+               ARRAY(SELECT p.user_id FROM chat_participants p
+                      WHERE p.chat_id = a.id AND p.left_at IS NULL) END AS members
+      FROM fresh f JOIN alloc a ON a.id = f.chat_id
 )
-SELECT a.id, a.seq0, a.rev0, now() AS created_at,
-       ARRAY(SELECT p.user_id FROM chat_participants p
-              WHERE p.chat_id = a.id AND p.left_at IS NULL) AS members
-  FROM alloc a
+SELECT q.idx,
+       CASE WHEN q.verdict = 'ok' AND n.idx IS NULL THEN 'archived' ELSE q.verdict END
+           AS verdict,
+       q.final_lang, n.id AS new_id, n.seq AS new_seq, n.rev AS new_rev, n.members,
+       now() AS created,
+       {MSG_COLS.replace("m.", "d.")},
+       CASE WHEN d.id IS NOT NULL THEN (
+           SELECT jsonb_agg(jsonb_build_object('id', t.id, 'type', t.type,
+               'mime_type', t.mime_type, 'size', t.size, 'name', t.name,
+               'status', t.status, 'metadata', t.metadata) ORDER BY t.id)
+             FROM message_attachments t WHERE t.message_id = d.id) END AS attachments
+  FROM q
+  LEFT JOIN done n ON n.idx = q.idx
+  LEFT JOIN LATERAL (
+      SELECT * FROM messages d WHERE d.id = q.dup_id LIMIT 1) d ON true
 """
 
 # A receipt flush: moves each (chat, user) delivered horizon forward, never back,
@@ -328,8 +346,11 @@ SELECT upd.chat_id, upd.user_id, msg.id AS message_id,
          WHERE cp.chat_id = upd.chat_id AND cp.left_at IS NULL) AS members
   FROM upd
   CROSS JOIN LATERAL (
-      SELECT msg.id FROM messages msg
-       WHERE msg.chat_id = upd.chat_id AND msg.seq = upd.delivered_seq LIMIT 1) msg
+      SELECT msg.id FROM (
+          SELECT msg.id, msg.chat_id, msg.seq FROM messages msg
+           WHERE (msg.chat_id, msg.seq) >= (upd.chat_id, upd.delivered_seq)
+           ORDER BY msg.chat_id, msg.seq LIMIT 1) msg
+       WHERE msg.chat_id = upd.chat_id AND msg.seq = upd.delivered_seq) msg
 """
 
 # `a.id = ANY($1)` keys the attachments side by primary key whichever side the
@@ -635,8 +656,7 @@ class Store:
         if not idxs:
             return
         sel = [rows[i] for i in idxs]
-        checked = await conn.fetch(
-            _CHECK_SENDS_SQL,
+        args = (
             idxs,
             [r.chat_id for r in sel],
             [r.user_id for r in sel],
@@ -649,42 +669,13 @@ class Store:
             [r.check_member for r in sel],
             self.default_lang,
         )
-        fresh: dict[int, list[Any]] = {}  # chat id -> its new rows, in arrival order
-        for rec in sorted(checked, key=lambda r: r["idx"]):
-            verdict = rec["verdict"]
-            if verdict == "ok":
-                fresh.setdefault(rows[rec["idx"]].chat_id, []).append(rec)
-            elif verdict == "duplicate":
-                results[rec["idx"]] = SendResult(message=message_out(rec), duplicate=True)
-            else:
-                results[rec["idx"]] = SendResult(error=_VERDICT_ERRORS[verdict])
-        if not fresh:
-            return
-        chat_ids = sorted(fresh)
-        ordered = [rec for c in chat_ids for rec in fresh[c]]
-        columns: list[list[Any]] = [[] for _ in range(9)]
-        for rec in ordered:
-            row = rows[rec["idx"]]
-            lang = rec["final_lang"]
-            for col, value in zip(columns, (
-                rec["new_id"], row.chat_id, row.user_id, row.type,
-                _content_json(lang, row.text), lang, row.metadata or "{}",
-                row.reply_to_id, row.message_key,
-            ), strict=True):
-                col.append(value)
-        args = (
-            chat_ids, [len(fresh[c]) for c in chat_ids], [fresh[c][-1]["new_id"] for c in chat_ids],
-            *columns,
-        )
         claimed: dict[int, list[dict[str, Any]]] = {}
-        if any(rows[rec["idx"]].attachments for rec in ordered):
+        if any(r.attachments for r in sel):
             async with conn.transaction():
-                allocated = {a["id"]: a for a in await conn.fetch(_WRITE_SQL, *args)}
-                new = self._number(fresh, allocated, rows, results)
+                new = self._verdicts(await conn.fetch(_SEND_SQL, *args), rows, results)
                 claimed = await self._claim_attachments(conn, new, rows)
         else:
-            allocated = {a["id"]: a for a in await conn.fetch(_WRITE_SQL, *args)}
-            new = self._number(fresh, allocated, rows, results)
+            new = self._verdicts(await conn.fetch(_SEND_SQL, *args), rows, results)
         for values, idx, members, created_at in new:
             row = rows[idx]
             msg = m.MessageOut(
@@ -698,27 +689,31 @@ class Store:
             results[idx] = SendResult(message=msg, members=members)
 
     @staticmethod
-    def _number(
-        fresh: dict[int, list[Any]],
-        allocated: dict[int, Any],
-        rows: Sequence[SendRow],
-        results: list[SendResult],
+    def _verdicts(
+        recs: list[Any], rows: Sequence[SendRow], results: list[SendResult]
     ) -> list[tuple[tuple[Any, ...], int, list[int], str]]:
-        """(id, chat, seq, rev, lang) of each new row of each chat the write
-        allocated, numbered as the statement numbers them: arrival order."""
+        """Fills in the refused and duplicate rows' results; returns (id, chat, seq,
+        rev, lang) of each stored row with its index, its chat's members and its
+        creation time. The statement names the members on a chat's first row only."""
         new: list[tuple[tuple[Any, ...], int, list[int], str]] = []
-        for chat_id, recs in fresh.items():
-            chat = allocated.get(chat_id)
-            if chat is None:  # archived or deleted since the check
-                for rec in recs:
-                    results[rec["idx"]] = SendResult(error=_VERDICT_ERRORS["archived"])
-                continue
-            members = list(chat["members"])
-            created_at = iso(chat["created_at"]) or ""
-            for k, rec in enumerate(recs, start=1):
-                values = (rec["new_id"], chat_id, chat["seq0"] + k, chat["rev0"] + k,
-                          rec["final_lang"])
-                new.append((values, rec["idx"], members, created_at))
+        members: dict[int, list[int]] = {}
+        stored: list[Any] = []
+        for rec in recs:
+            verdict = rec["verdict"]
+            if verdict == "ok":
+                stored.append(rec)
+                if rec["members"] is not None:
+                    members[rows[rec["idx"]].chat_id] = list(rec["members"])
+            elif verdict == "duplicate":
+                results[rec["idx"]] = SendResult(message=message_out(rec), duplicate=True)
+            else:
+                results[rec["idx"]] = SendResult(error=_VERDICT_ERRORS[verdict])
+        created = iso(stored[0]["created"]) or "" if stored else ""  # now(): one per statement
+        for rec in stored:
+            idx = rec["idx"]
+            chat_id = rows[idx].chat_id
+            values = (rec["new_id"], chat_id, rec["new_seq"], rec["new_rev"], rec["final_lang"])
+            new.append((values, idx, members[chat_id], created))
         return new
 
     async def _claim_attachments(
