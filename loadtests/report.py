@@ -125,7 +125,7 @@ def _markdown(r: dict[str, Any], name: str, pngs: list[Path]) -> str:
         a("## Where the time goes at half peak (server histograms)\n")
         a("Bucket bounds from the server's own histograms over the latency run: a p99 "
           "of ≤ 0.25 means between the next lower bound and 250 ms.\n")
-        a("| target | chats of | send→commit p50 / p99 | batch (2 round trips) p50 / p99 | "
+        a("| target | chats of | send→commit p50 / p99 | batch (one round trip) p50 / p99 | "
           "commit→delivery p50 / p99 | event-loop lag p50 / p99 / mean |")
         a("|---|---:|---:|---:|---:|---:|")
 
@@ -165,8 +165,8 @@ def _markdown(r: dict[str, Any], name: str, pngs: list[Path]) -> str:
         if s.get("latency"):
             steps.append(s["latency"])
         if steps:
-            a("| step | offered msgs/s | sent/s | acks/s | deliveries/s | ack p50/p99 ms | delivery p50/p99/max ms | server CPU | helper CPU | client CPU | other CPU | batch mean | verdict |")
-            a("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+            a("| step | offered msgs/s | sent/s | acks/s | deliveries/s | ack p50/p99 ms | delivery p50/p99/max ms | server CPU | helper CPU | client CPU | other CPU | batch mean | settled after s | verdict |")
+            a("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
             for x in steps:
                 am, dm = x["ack_ms"], x["delivery_ms"]
                 b = x.get("batch_size") or {}
@@ -177,7 +177,8 @@ def _markdown(r: dict[str, Any], name: str, pngs: list[Path]) -> str:
                     f"{_f(dm.get('p50'), 1)} / {_f(dm.get('p99'), 1)} / {_f(dm.get('max'), 0)} | "
                     f"{_f(x['server_cpu_pct'], 0, '%')} | {_f(x.get('aux_cpu_pct'), 0, '%')} | "
                     f"{'/'.join(_f(c, 0, '%') for c in x['client_cpu_pct'])} | "
-                    f"{_f(x.get('other_cpu_pct'), 0, '%')} | {_f(b.get('mean'), 1)} | {verdict} |"
+                    f"{_f(x.get('other_cpu_pct'), 0, '%')} | {_f(b.get('mean'), 1)} | "
+                    f"{_f(x.get('settle_s'), 1)} | {verdict} |"
                 )
             a("")
         errs = [e for x in steps for e in x.get("error_samples", [])]
@@ -216,6 +217,13 @@ def _markdown(r: dict[str, Any], name: str, pngs: list[Path]) -> str:
       "on the sending socket; send→delivery to the event's arrival on another member's "
       "socket, in another process or the same one (CLOCK_MONOTONIC is machine-wide). "
       f"The latency run holds half the peak for {cfg['latency_s']:g} s.")
+    a("- **Settled after**: after each step the run waits (20 s at most after a sustained "
+      "step, 30 s after a failed one, 60 s before the latency run) until no frame has "
+      "reached the client for 0.5 s and the server and its helper together use under 15% "
+      "of a core, so every step, and the latency run, starts from a server that has "
+      "finished the work of the one before, background work included (Beseda's search "
+      "indexing of the stored messages). A long wait after a sustained step means work "
+      "that ran past the step's window.")
     a("- **RSS per idle connection**: server RSS (the server process and its children; not "
       "PostgreSQL) with all sockets open and their handshakes (and, for Beseda, token "
       "checks) done, minus RSS before the first socket, divided by the sockets.")

@@ -162,11 +162,13 @@ class Scenario:
     def settle(self, max_s: float, quiet_s: float = 0.5, idle_pct: float = 15.0) -> float:
         """Wait (bounded) until the server has caught up with what was sent before.
 
-        Caught up: no frame has reached the client for `quiet_s` and the server's CPU
-        stayed under `idle_pct` meanwhile (an overloaded server can go quiet on the wire
-        while it still chews through a backlog).
+        Caught up: no frame has reached the client for `quiet_s` and the server and
+        its helper (PostgreSQL, Valkey) together stayed under `idle_pct` of a core
+        meanwhile: an overloaded server can go quiet on the wire while it still chews
+        through a backlog, and work a server defers past a step (Beseda's search
+        indexing) would otherwise run into the next step or the latency run.
         """
-        pids = self.t.server_pids()
+        pids = self.t.server_pids() + self.t.aux_pids()
         t0 = prev_t = since = time.monotonic()
         prev_cpu = cpu_seconds(pids)
         last = -1
