@@ -8,6 +8,8 @@ tab, newline, carriage return), so the comparison also checks those lines."""
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,19 +87,39 @@ async def _rows(dsn: str) -> dict[str, dict[str, Any]]:
     return {r["message_key"]: dict(r) for r in rows}
 
 
-def _copy_failures(capfd: pytest.CaptureFixture[str]) -> int:
-    """COPYs that failed since the last call, from the importer's log on stderr."""
-    return capfd.readouterr().err.count("import.copy_failed")
+class _Failures(logging.Handler):
+    """Counts the importer's `import.copy_failed` warnings."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.n = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.n += "import.copy_failed" in record.getMessage()
+
+    def take(self) -> int:
+        n, self.n = self.n, 0
+        return n
+
+
+@pytest.fixture
+def copy_failures() -> Iterator[_Failures]:
+    handler = _Failures()
+    logger = logging.getLogger("beseda.importer")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
 
 
 async def test_a_failed_copy_inserts_the_same_rows_one_by_one(
-        fresh_db: str, second_db: str, tmp_path: Path,
-        capfd: pytest.CaptureFixture[str]) -> None:
+        fresh_db: str, second_db: str, tmp_path: Path, copy_failures: _Failures) -> None:
     n = 12
     export = write_export(tmp_path / "a", CH_A, [_msg(CH_A, i) for i in range(n)])
     assert await cli.run_async(importer_argv(export, fresh_db, tmp_path / "d1",
                                              "--writers", "1")) == 0
-    assert _copy_failures(capfd) == 0  # the COPY lines themselves went in
+    assert copy_failures.take() == 0  # the COPY lines themselves went in
     clean = await _rows(fresh_db)
     assert len(clean) == n and clean[_sid(5)]["reply_key"] == _sid(4)
     assert clean[ODD_SID]["external_id"] == ODD_SID
@@ -110,7 +132,7 @@ async def test_a_failed_copy_inserts_the_same_rows_one_by_one(
     report = tmp_path / "r.json"
     assert await cli.run_async(importer_argv(export, second_db, tmp_path / "d2",
                                              "--writers", "1", "--report", str(report))) == 0
-    assert _copy_failures(capfd) == 1
+    assert copy_failures.take() == 1
     run = json.loads(report.read_text())["run"]
     assert run["messages_rejected"] == 1 and run["messages_inserted"] == n - 1
     assert run["replies_linked"] == 1 and run["replies_unlinked"] == 1
