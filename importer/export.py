@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 
 from .lang import detect
+from .rows import NULL, ts
 
 log = logging.getLogger("beseda.importer")
 
@@ -49,8 +50,14 @@ class MessageRec(msgspec.Struct, kw_only=True):
     media: Any = None
     attributes: Any = None
     participant_sid: str | None = None
-    date_created: datetime | None = None
-    date_updated: datetime | None = None
+    # The timestamps as written; _with_dates sets the datetimes from them (and keeps
+    # the text, for the COPY, only in the canonical shape). The datetime fields are
+    # always overwritten there: their JSON names are not Twilio's, and typed Any so
+    # that a page that did carry them decodes as before.
+    created_raw: str | None = msgspec.field(default=None, name="date_created")
+    updated_raw: str | None = msgspec.field(default=None, name="date_updated")
+    date_created: Any = msgspec.field(default=None, name="beseda:date_created")
+    date_updated: Any = msgspec.field(default=None, name="beseda:date_updated")
     delivery: Any = None
     content_sid: str | None = None
     # Deprecated single-media shape (Programmable Chat era), snake and camel case.
@@ -71,6 +78,46 @@ class MessagePage(msgspec.Struct):
 _msg_page_decoder = msgspec.json.Decoder(MessagePage)
 _any_decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
+_from_iso = datetime.fromisoformat
+
+
+def _canonical_ts(s: str) -> bool:
+    """`YYYY-MM-DDTHH:MM:SSZ` in ASCII: the shape Twilio writes. For it
+    datetime.fromisoformat gives what msgspec's datetime decoding gives."""
+    return (len(s) == 20 and s[19] == "Z" and s[10] == "T" and s[4] == "-"
+            and s[13] == ":" and s.isascii())
+
+
+def _with_dates(recs: list[MessageRec]) -> list[MessageRec]:
+    """Fill date_created/date_updated of freshly decoded records from their text; the
+    text stays (for the COPY) only in the canonical shape, which PostgreSQL reads as
+    the same instant. A timestamp msgspec would refuse raises msgspec.DecodeError, as
+    decoding the page into datetimes did."""
+    for r in recs:
+        r.date_created = r.date_updated = None
+        c = r.created_raw
+        if c is not None:
+            if _canonical_ts(c):
+                try:
+                    r.date_created = _from_iso(c)
+                except ValueError:
+                    r.date_created = msgspec.convert(c, datetime)
+                    r.created_raw = None
+            else:
+                r.date_created = msgspec.convert(c, datetime)
+                r.created_raw = None
+        u = r.updated_raw
+        if u is not None:
+            if _canonical_ts(u):
+                try:
+                    r.date_updated = _from_iso(u)
+                except ValueError:
+                    r.date_updated = msgspec.convert(u, datetime)
+                    r.updated_raw = None
+            else:
+                r.date_updated = msgspec.convert(u, datetime)
+                r.updated_raw = None
+    return recs
 
 
 def dumps(value: Any) -> str:
@@ -178,8 +225,9 @@ class MediaItem:
     metadata: str
 
 
-@dataclass(slots=True)
-class MessagePlan:
+class MessagePlan(msgspec.Struct, gc=False):
+    """One message mapped to our columns (a Struct: built in C, not tracked by the GC)."""
+
     sid: str
     index: int
     user_id: int | None
@@ -192,6 +240,10 @@ class MessagePlan:
     updated_at: datetime
     media: list[MediaItem]
     reply_to_index: int | None = None  # attributes.reply_to_index, when it is usable
+    # created_at / edited_at as timestamptz COPY text (rows.ts, or the export's own
+    # text in the canonical shape)
+    created_txt: str = ""
+    edited_txt: str = NULL
 
 
 @dataclass(slots=True)
@@ -364,7 +416,7 @@ class Export:
                 self._bad_page(path, "unreadable")
                 continue
             try:
-                out.extend(_msg_page_decoder.decode(data).messages)
+                out.extend(_with_dates(_msg_page_decoder.decode(data).messages))
                 continue
             except msgspec.DecodeError:
                 pass
@@ -499,30 +551,32 @@ class Export:
         # ---- messages: de-duplicate by sid (greatest date_updated, later on a tie)
         records = self._message_records(base / "messages", st)
         st["message_records_in_pages"] += len(records)
-        best: dict[str, tuple[MessageRec, int]] = {}
-        for pos, rec in enumerate(records):
-            prev = best.get(rec.sid)
-            if prev is not None:
-                st["duplicate_message_records"] += 1
-                old = prev[0]
-                new_t = rec.date_updated or rec.date_created or EPOCH
-                old_t = old.date_updated or old.date_created or EPOCH
-                if new_t < old_t:
-                    continue
-            best[rec.sid] = (rec, pos)
-        ordered = sorted(best.values(), key=lambda rp: (rp[0].index, rp[1]))
-        del records, best
+        indices = [r.index for r in records]
+        if len({r.sid for r in records}) == len(records) and indices == sorted(indices):
+            # no duplicates, already in index order: the order the sort below gives
+            ordered = records
+        else:
+            best: dict[str, tuple[MessageRec, int]] = {}
+            for pos, rec in enumerate(records):
+                prev = best.get(rec.sid)
+                if prev is not None:
+                    st["duplicate_message_records"] += 1
+                    old = prev[0]
+                    new_t = rec.date_updated or rec.date_created or EPOCH
+                    old_t = old.date_updated or old.date_created or EPOCH
+                    if new_t < old_t:
+                        continue
+                best[rec.sid] = (rec, pos)
+            ordered = [rp[0] for rp in sorted(best.values(),
+                                              key=lambda rp: (rp[0].index, rp[1]))]
+            indices = [r.index for r in ordered]
+            del best
+        del records
 
-        messages: list[MessagePlan] = []
-        msg_psids: set[str] = set()
         missing_media: list[str] = []
-        indices: list[int] = []
-        for rec, _pos in ordered:
-            mp = self._message(rec, st, unknown, missing_media, listed_sids, issues)
-            messages.append(mp)
-            indices.append(rec.index)
-            if rec.participant_sid:
-                msg_psids.add(rec.participant_sid)
+        messages = self._messages(ordered, st, unknown, missing_media, listed_sids, issues)
+        msg_psids = {r.participant_sid for r in ordered if r.participant_sid}
+        del ordered
         if indices:
             st["missing_indices_below_last"] += indices[-1] + 1 - len(set(indices))
         index_set = set(indices)
@@ -602,94 +656,130 @@ class Export:
             unknown_identities=unknown, missing_media=missing_media, issues=issues,
         )
 
-    def _message(self, rec: MessageRec, st: Counter[str], unknown: set[str],
-                 missing_media: list[str], listed_sids: set[str | None],
-                 issues: list[dict[str, str]]) -> MessagePlan:
-        st["messages"] += 1
-        author = rec.author
-        if author is not None and "\x00" in author:
-            author = no_nul(author)
-        user = self.users.get(author) if author is not None else None
-        if author != "system":
-            if user is None:
-                st["messages_by_unknown_author"] += 1
-                if author is not None:
-                    unknown.add(_fix_str(author))
-            if rec.participant_sid not in listed_sids:
-                st["messages_by_departed_participant"] += 1
+    def _messages(self, recs: list[MessageRec], st: Counter[str], unknown: set[str],
+                  missing_media: list[str], listed_sids: set[str | None],
+                  issues: list[dict[str, str]]) -> list[MessagePlan]:
+        """Map a conversation's de-duplicated records, in order. The hot path of the
+        import: plain locals, counts summed into `st` at the end."""
+        users = self.users
+        default_lang = self.default_lang
+        encode = _encoder.encode
+        out: list[MessagePlan] = []
+        append = out.append
+        types: Counter[str] = Counter()
+        n_edited = max_bytes = 0
+        for rec in recs:
+            author = rec.author
+            if author is not None and "\x00" in author:
+                author = no_nul(author)
+            user = users.get(author) if author is not None else None
+            if author != "system":
+                if user is None:
+                    st["messages_by_unknown_author"] += 1
+                    if author is not None:
+                        unknown.add(_fix_str(author))
+                if rec.participant_sid not in listed_sids:
+                    st["messages_by_departed_participant"] += 1
 
-        items, legacy = _media_items(rec)
-        if legacy:
-            st["messages_with_legacy_media_shape"] += 1
-        media: list[MediaItem] = []
-        for item in items:
-            media.append(self._media(item, st, missing_media))
-        if author == "system":
-            mtype = "system"
-        elif media:
-            mtype = media[0].att_type
-        else:
-            mtype = "text"
-        st["messages_" + mtype] += 1
+            if rec.media is None and rec.media_sid is None and rec.mediaSid is None:
+                media: list[MediaItem] = []
+                legacy = False
+            else:
+                items, legacy = _media_items(rec)
+                if legacy:
+                    st["messages_with_legacy_media_shape"] += 1
+                media = [self._media(item, st, missing_media) for item in items]
+            if author == "system":
+                mtype = "system"
+            elif media:
+                mtype = media[0].att_type
+            else:
+                mtype = "text"
+            types[mtype] += 1
 
-        body = rec.body
-        if body is not None and not isinstance(body, str):
-            body = str(body)
-        if not body:
-            st["messages_empty_body"] += 1
-            content, lang = "{}", None
-        else:
-            if "\x00" in body:
-                st["bodies_with_nul_char"] += 1
-                body = body.replace("\x00", "\ufffd")
-            if "\\u0000" in body:
-                st["bodies_with_literal_backslash_u0000"] += 1
-            if len(body) > 1600:
-                st["bodies_over_1600_chars"] += 1
-            nbytes = len(body.encode("utf-8")) if not body.isascii() else len(body)
-            if nbytes > MAX_TEXT_BYTES:
-                st["bodies_over_32k_bytes"] += 1
-            if nbytes > st["max_body_utf8_bytes"]:
-                st["max_body_utf8_bytes"] = nbytes
-            lang = detect(body, self.default_lang)
-            content = dumps({lang: body})
+            body = rec.body
+            if body is not None and not isinstance(body, str):
+                body = str(body)
+            if not body:
+                st["messages_empty_body"] += 1
+                content, lang = "{}", None
+            else:
+                if "\x00" in body:
+                    st["bodies_with_nul_char"] += 1
+                    body = body.replace("\x00", "\ufffd")
+                if "\\u0000" in body:
+                    st["bodies_with_literal_backslash_u0000"] += 1
+                if body.isascii():
+                    nbytes = len(body)
+                else:
+                    nbytes = len(body.encode("utf-8"))
+                if nbytes > 1600:  # never more characters than bytes
+                    if len(body) > 1600:
+                        st["bodies_over_1600_chars"] += 1
+                    if nbytes > MAX_TEXT_BYTES:
+                        st["bodies_over_32k_bytes"] += 1
+                if nbytes > max_bytes:
+                    max_bytes = nbytes
+                lang = detect(body, default_lang)
+                content = encode({lang: body}).decode("utf-8")
 
-        created = rec.date_created
-        if created is None:
-            st["bad_timestamps"] += 1
-            created = rec.date_updated or EPOCH
-        updated = rec.date_updated or created
-        edited = updated if updated > created else None
-        if edited is not None:
-            st["messages_edited"] += 1
+            created = rec.date_created
+            if created is None:
+                st["bad_timestamps"] += 1
+                created = rec.date_updated or EPOCH
+                created_txt = ts(created)
+            else:
+                created_txt = rec.created_raw or ts(created)
+            updated = rec.date_updated or created
+            if updated > created:  # then updated is rec.date_updated
+                edited: datetime | None = updated
+                edited_txt = rec.updated_raw or ts(updated)
+                n_edited += 1
+            else:
+                edited, edited_txt = None, NULL
 
-        ok, attrs = parse_attributes(rec.attributes)
-        tw: dict[str, Any] = {
-            "sid": rec.sid, "index": rec.index, "author": author,
-            "participant_sid": rec.participant_sid,
-        }
-        reply_to = None
-        if ok:
-            tw["attributes"] = attrs
-            if isinstance(attrs, dict) and "reply_to_index" in attrs:
-                st["replies"] += 1
-                reply_to = _reply_index(attrs["reply_to_index"])
-                if reply_to is None:
-                    st["replies_bad_index"] += 1
-        else:
-            tw["attributes_raw"] = attrs
-            st["bad_attributes_messages"] += 1
-            issues.append({"kind": "bad_attributes", "resource": "message", "sid": rec.sid})
-        tw["content_sid"] = rec.content_sid
-        tw["delivery"] = rec.delivery
-        if legacy:
-            tw["legacy_media"] = True
-        return MessagePlan(
-            sid=rec.sid, index=rec.index, user_id=user[0] if user else None, type=mtype,
-            content=content, lang=lang, metadata=dumps({"twilio": tw}),
-            created_at=created, edited_at=edited, updated_at=updated, media=media,
-            reply_to_index=reply_to,
-        )
+            sid = rec.sid
+            raw_attrs = rec.attributes
+            reply_to = None
+            if raw_attrs == "{}" or raw_attrs is None:
+                tw: dict[str, Any] = {
+                    "sid": sid, "index": rec.index, "author": author,
+                    "participant_sid": rec.participant_sid, "attributes": {},
+                    "content_sid": rec.content_sid, "delivery": rec.delivery,
+                }
+            else:
+                ok, attrs = parse_attributes(raw_attrs)
+                tw = {"sid": sid, "index": rec.index, "author": author,
+                      "participant_sid": rec.participant_sid}
+                if ok:
+                    tw["attributes"] = attrs
+                    if isinstance(attrs, dict) and "reply_to_index" in attrs:
+                        st["replies"] += 1
+                        reply_to = _reply_index(attrs["reply_to_index"])
+                        if reply_to is None:
+                            st["replies_bad_index"] += 1
+                else:
+                    tw["attributes_raw"] = attrs
+                    st["bad_attributes_messages"] += 1
+                    issues.append({"kind": "bad_attributes", "resource": "message",
+                                   "sid": sid})
+                tw["content_sid"] = rec.content_sid
+                tw["delivery"] = rec.delivery
+            if legacy:
+                tw["legacy_media"] = True
+            append(MessagePlan(
+                sid, rec.index, user[0] if user else None, mtype, content, lang,
+                encode({"twilio": tw}).decode("utf-8"), created, edited, updated, media,
+                reply_to, created_txt, edited_txt))
+        if out:
+            st["messages"] += len(out)
+            for mtype, n in types.items():
+                st["messages_" + mtype] += n
+        if n_edited:
+            st["messages_edited"] += n_edited
+        if max_bytes > st["max_body_utf8_bytes"]:
+            st["max_body_utf8_bytes"] = max_bytes
+        return out
 
     def _media(self, item: dict[str, Any], st: Counter[str],
                missing_media: list[str]) -> MediaItem:

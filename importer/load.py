@@ -27,9 +27,11 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from .export import ConversationPlan, MessagePlan, dumps
 from .report import plan_stats
+from .rows import MSG_COPY_COLUMNS, NULL, needs_escape, text
 from .storage import LocalStorage, StorageError
 
 log = logging.getLogger("beseda.importer")
@@ -43,8 +45,9 @@ ATT_COLUMNS = ("message_id", "uploader_id", "type", "mime_type", "size", "name",
 IMPORT_LOCK_ID = 0x6265_7365_6469  # one importer at a time per database
 
 
-@dataclass(slots=True)
-class Imported:
+class Imported(msgspec.Struct, gc=False):
+    """A message of the chat in the database: what horizons and replies need."""
+
     index: int
     id: int
     seq: int
@@ -115,6 +118,18 @@ class Loader:
         state = ChatState(plan)
         msgs = plan.messages
         n = len(msgs)
+        if n and self.batch_count + n <= self.batch_messages:
+            # the common case: the whole conversation fits in the batch (then the loop
+            # below would take every message too)
+            total = sum([len(m.content) + len(m.metadata) for m in msgs])
+            if self.batch_bytes + total < self.batch_bytes_max:
+                self.batch.append(WorkItem(state, 0, n, True, True))
+                self.batch_count += n
+                self.batch_bytes += total
+                if (self.batch_count >= self.batch_messages or len(self.batch) >= 500
+                        or self.batch_bytes >= self.batch_bytes_max):
+                    await self.flush()
+                return
         pos = 0
         first = True
         while True:
@@ -171,6 +186,10 @@ class Loader:
         updates: list[tuple[ChatState, int, MessagePlan]] = []
         for w in batch:
             st = w.state
+            if not st.existing:  # a new chat, or nothing of it imported yet
+                if w.end > w.start:
+                    new.append((w, st.plan.messages[w.start:w.end]))
+                continue
             fresh = []
             for m in st.plan.messages[w.start:w.end]:
                 have = st.existing.get(m.sid)
@@ -253,9 +272,9 @@ class Loader:
         n_new = sum(len(f) for _, f in new)
         ids: list[int] = []
         if n_new:
-            ids = [r[0] for r in await self.conn.fetch(
-                "SELECT nextval($1::regclass) FROM generate_series(1, $2)",
-                self.seq_name, n_new)]
+            ids = await self.conn.fetchval(
+                "SELECT array_agg(nextval($1::regclass)) FROM generate_series(1, $2)",
+                self.seq_name, n_new)
         # per chat: how many positions and revisions, and the new last message
         per_chat: dict[int, list[Any]] = {}
         pos = 0
@@ -288,44 +307,73 @@ class Loader:
         base = {r["id"]: (r["last_seq"] - per_chat[r["id"]][0] + 1,
                           r["rev"] - per_chat[r["id"]][1] + 1) for r in rows}
 
-        records: list[tuple[Any, ...]] = []
+        # one COPY text line a message (rows.MSG_COPY_COLUMNS)
+        lines: list[str] = []
+        add_line = lines.append
+        chunks: list[tuple[ChatState, list[Imported]]] = []
         atts: list[tuple[Any, ...]] = []
-        owners: list[tuple[ChatState, Imported]] = []
         replies: list[tuple[int, int | None]] = []  # (message id, target id)
         pos = 0
+        out_of_order = 0
         for w, fresh in new:
             st = w.state
             cid = st.chat_id
             seq, rev = base[cid]
             top = max((x.index for x in st.imported), default=-1)
+            by_index = st.by_index
+            imps: list[Imported] = []
+            chunks.append((st, imps))
             for m in fresh:
-                if m.index < top:
-                    self.run["messages_appended_out_of_index_order"] += 1
+                index = m.index
+                if index < top:
+                    out_of_order += 1
                 mid = ids[pos]
                 pos += 1
                 # the target has a smaller index (export.plan drops the rest), so it was
                 # given its id earlier in this loop, in an earlier batch or an earlier run
-                reply = None
                 if m.reply_to_index is not None:
-                    reply = st.by_index.get(m.reply_to_index)
+                    reply = by_index.get(m.reply_to_index)
                     replies.append((mid, reply))
-                st.by_index.setdefault(m.index, mid)
-                records.append((mid, cid, seq, rev, rev, m.user_id, m.type, m.content, m.lang,
-                                m.metadata, m.sid, m.created_at, m.edited_at, m.sid, reply))
-                for item in m.media:
-                    atts.append(self._attachment(mid, m, item))
-                owners.append((st, Imported(m.index, mid, seq, m.created_at)))
+                    head = f"{mid}\t{cid}\t{seq}\t{rev}\t{rev}\t{NULL if reply is None else reply}"
+                else:
+                    head = f"{mid}\t{cid}\t{seq}\t{rev}\t{rev}\t\\N"
+                if index not in by_index:
+                    by_index[index] = mid
+                sid = m.sid
+                if needs_escape(sid) is not None:
+                    sid = text(sid)
+                content = m.content
+                if "\\" in content:
+                    content = content.replace("\\", "\\\\")
+                meta = m.metadata
+                if "\\" in meta:
+                    meta = meta.replace("\\", "\\\\")
+                uid = m.user_id
+                lang = m.lang
+                add_line(f"{head}\t{NULL if uid is None else uid}\t{m.type}\t"
+                         f"{NULL if lang is None else text(lang)}\t{sid}\t{sid}\t"
+                         f"{m.created_txt}\t{m.edited_txt}\t{content}\t{meta}\n")
+                if m.media:
+                    for item in m.media:
+                        atts.append(self._attachment(mid, m, item))
+                imps.append(Imported(index, mid, seq, m.created_at))
                 seq += 1
                 rev += 1
             base[cid] = (seq, rev)
+        self.run["messages_appended_out_of_index_order"] += out_of_order
 
         with self._timed("copy_messages"):
-            rejected = await self._copy_messages(records) if records else set()
-        for st, imp in owners:
-            if imp.id not in rejected:
-                st.imported.append(imp)
-            elif st.by_index.get(imp.index) == imp.id:
-                del st.by_index[imp.index]
+            rejected = await self._copy_messages(lines, new, ids, base) if lines else set()
+        del lines
+        for st, imps in chunks:
+            if not rejected:
+                st.imported.extend(imps)
+                continue
+            for imp in imps:
+                if imp.id not in rejected:
+                    st.imported.append(imp)
+                elif st.by_index.get(imp.index) == imp.id:
+                    del st.by_index[imp.index]
         for mid, target in replies:
             if mid in rejected:
                 continue
@@ -358,20 +406,46 @@ class Loader:
         return (mid, m.user_id, item.att_type, item.content_type, item.size, item.filename,
                 key, status, item.metadata, m.created_at, item.sid or None)
 
-    async def _copy_messages(self, records: list[tuple[Any, ...]]) -> set[int]:
+    async def _copy_messages(self, lines: list[str],
+                             new: list[tuple[WorkItem, list[MessagePlan]]], ids: list[int],
+                             after: dict[int, tuple[int, int]]) -> set[int]:
+        """COPY the batch's new messages (`lines`, in the order of `new` and `ids`);
+        if that fails, insert them one by one and return the ids rejected."""
         try:
+            data = "".join(lines).encode("utf-8")
             async with self.conn.transaction():
-                await self.conn.copy_records_to_table(
-                    "messages", records=records, columns=MSG_COLUMNS)
+                await self.conn.copy_to_table(
+                    "messages", source=memoryview(data), columns=MSG_COPY_COLUMNS,
+                    format="text")
+                del data
                 # For the nodes' search indexers (sql/0017): searchable once indexed.
-                await self.conn.copy_records_to_table(
-                    "message_grams_queue", records=[(r[0],) for r in records],
-                    columns=("message_id",))
-            self.run["messages_inserted"] += len(records)
+                await self.conn.copy_to_table(
+                    "message_grams_queue",
+                    source=memoryview("\n".join(map(str, ids)).encode("ascii") + b"\n"),
+                    columns=("message_id",), format="text")
+            self.run["messages_inserted"] += len(ids)
             return set()
         except (asyncpg.PostgresError, ValueError, TypeError) as exc:
             log.warning("import.copy_failed table=messages rows=%d error=%s; row by row",
-                        len(records), type(exc).__name__)
+                        len(ids), type(exc).__name__)
+        # the rows again, as parameters: positions from the chats' counters after the
+        # batch (`after`) counted back, reply targets from the chats' index maps
+        records: list[tuple[Any, ...]] = []
+        pos = 0
+        for w, fresh in new:
+            st = w.state
+            seq, rev = after[st.chat_id]
+            seq -= len(fresh)
+            rev -= len(fresh)
+            for m in fresh:
+                reply = (st.by_index.get(m.reply_to_index)
+                         if m.reply_to_index is not None else None)
+                records.append((ids[pos], st.chat_id, seq, rev, rev, m.user_id, m.type,
+                                m.content, m.lang, m.metadata, m.sid, m.created_at,
+                                m.edited_at, m.sid, reply))
+                pos += 1
+                seq += 1
+                rev += 1
         rejected: set[int] = set()
         cols = ", ".join(MSG_COLUMNS)
         params = ", ".join(f"${i + 1}" for i in range(len(MSG_COLUMNS)))

@@ -1,7 +1,7 @@
 """Writers in processes of their own: `--writers N` (N > 1) runs N of them.
 
 Reading an export and mapping it to rows is Python work (JSON pages, dates,
-language, attributes: about 35 us a message here), and one process runs it on one
+language, attributes: about 9 us a message here), and one process runs it on one
 core however many connections it writes with. So each writer is a process with its
 own reader thread, its own connection and a share of the conversations: the n-th
 distinct conversation of the listing goes to writer n mod N. Conversations are
