@@ -120,3 +120,91 @@ async def test_sender_horizon_waits_for_a_row_another_transaction_holds(world):
             WHERE c.id = $1 AND p.user_id = $2""", chat, a))[0]
     assert row["unread"] == 0
     assert row["last_read_message_id"] == sent[0].message.id
+
+
+async def test_a_participant_removed_under_the_statement_gets_nothing_stored(world):
+    """Found by the newcomer attack: a participant removed while their sends were in
+    flight still had a batch of them stored after the leave, and fanned out to them.
+    The removal holds the chat row (as ChatService.remove_participant does) while the
+    send statement starts: its check still sees the member, its allocation waits for
+    the lock and finds the chat's rev moved, so the rows are run again in a new
+    statement, which sees the leave."""
+    a, b = await world.user(), await world.user()
+    chat = await world.chat([a, b])
+    pool = await asyncpg.create_pool(world.dsn, min_size=1, max_size=1, init=Store.connection_init())
+    remover = await asyncpg.connect(world.dsn)
+    try:
+        store = Store(pool)
+        await store.write_sends([_row(chat, b, "before")])
+        tx = remover.transaction()
+        await tx.start()
+        await remover.execute("SELECT 1 FROM chats WHERE id = $1 FOR UPDATE", chat)
+        await remover.execute(
+            "UPDATE chat_participants SET left_at = now() WHERE chat_id = $1 AND user_id = $2",
+            chat, b)
+        await remover.execute("UPDATE chats SET rev = rev + 1 WHERE id = $1", chat)
+        send = asyncio.ensure_future(store.write_sends([
+            _row(chat, b, "after-1"), _row(chat, a, "to-both"), _row(chat, b, "after-2")]))
+        for _ in range(200):  # until the statement waits for the chat's lock
+            waiting = await world.sql(
+                "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE '%WITH q AS MATERIALIZED%'")
+            if waiting[0]["n"]:
+                break
+            await asyncio.sleep(0.02)
+        assert waiting[0]["n"] == 1, "the send statement never waited for the removal"
+        await tx.commit()
+        results = await send
+    finally:
+        await remover.close()
+        await pool.close()
+    assert [r.error.code if r.error else "stored" for r in results] == \
+        ["not_found", "stored", "not_found"]
+    assert sorted(results[1].members) == [a]  # the fan-out no longer reaches b
+    rows = await world.sql("SELECT message_key FROM messages WHERE chat_id = $1 ORDER BY seq", chat)
+    assert [r["message_key"] for r in rows] == ["before", "to-both"]
+
+
+async def test_a_corrected_resend_in_the_same_batch_is_not_answered_with_the_refusal(world):
+    """Found by the newcomer attack: a send refused (a reply to another chat's
+    message) and its corrected resend with the same key, pipelined into one batch:
+    the resend got the first one's refusal. It is now a send of its own."""
+    from wsserver.writer import BatchWriter
+
+    a, b = await world.user(), await world.user()
+    chat, other = await world.chat([a, b]), await world.chat([a, b])
+    pool = await asyncpg.create_pool(world.dsn, min_size=2, max_size=3, init=Store.connection_init())
+    writer = BatchWriter(Store(pool), lanes=1)
+    writer.start()
+    try:
+        elsewhere = (await writer.write(_row(other, a, "o")))
+        first, fixed = await asyncio.gather(
+            writer.write(_row(chat, a, "k", "hi", reply_to_id=elsewhere.message.id)),
+            writer.write(_row(chat, a, "k", "hi")),
+        )
+    finally:
+        await writer.stop()
+        await pool.close()
+    assert first.error is not None and first.error.code == "bad_request"
+    assert fixed.message is not None and not fixed.duplicate and fixed.message.seq == 1
+
+
+async def test_a_deleted_chat_refuses_its_members_with_conflict_and_hides_from_strangers(world):
+    """Deleted like archived for its participants (`conflict`, nothing stored); a
+    stranger still cannot tell the chat exists (`not_found`); a retry of a message
+    stored before the deletion is still its duplicate."""
+    a, b, stranger = await world.user(), await world.user(), await world.user()
+    chat = await world.chat([a, b])
+    pool = await asyncpg.create_pool(world.dsn, min_size=1, max_size=1, init=Store.connection_init())
+    try:
+        store = Store(pool)
+        first = await store.write_sends([_row(chat, a, "before")])
+        await world.sql("UPDATE chats SET deleted_at = now(), rev = rev + 1 WHERE id = $1", chat)
+        results = await store.write_sends([
+            _row(chat, a, "after"), _row(chat, stranger, "x"), _row(chat, a, "before")])
+    finally:
+        await pool.close()
+    assert [r.error.code if r.error else "dup" for r in results] == ["conflict", "not_found", "dup"]
+    assert results[0].error.message == "chat is deleted"
+    assert results[2].message.id == first[0].message.id
+    assert len(await world.sql("SELECT 1 FROM messages WHERE chat_id = $1", chat)) == 1

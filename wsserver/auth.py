@@ -162,7 +162,7 @@ def _identity(claims: dict[str, Any]) -> Identity:
     if sub != str(int(sub)):  # "01" and "1" must not name one user two ways
         raise Unauthorized("invalid subject")
     user_id = int(sub)
-    if user_id > _MAX_ID:
+    if not 1 <= user_id <= _MAX_ID:  # ids start at 1, as everywhere in the contract
         raise Unauthorized("invalid subject")
     role = claims.get("role")
     if role not in ROLES:

@@ -579,6 +579,10 @@ class ChatServer:
             fresh = self.verifier.verify(p.token)
             if fresh.user_id != session.user_id:
                 raise Unauthorized("token is for another user")
+            if (fresh.role, fresh.demo) != (session.identity.role, session.identity.demo):
+                # What a socket may do is fixed for its life: a new role (a promotion,
+                # a demotion) takes a new connection with the new token.
+                raise Unauthorized("token is for another role: reconnect with it")
             if fresh.exp <= session.identity.exp:
                 raise Unauthorized("token does not extend the current one")
         except Unauthorized as exc:

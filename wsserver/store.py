@@ -188,9 +188,15 @@ class SendResult:
 # order, as the receipt flush does; a deadlock with anything else is retried like a
 # key race. A participant row another transaction holds (a receipt flush, a read
 # from the sender's other device) is waited for: skipping it left the sender's own
-# message unread for them. A chat archived or deleted since the statement's
-# snapshot gets no allocation row (the UPDATE rechecks the locked row), so its rows
-# are not inserted and come back `archived`. Data-modifying CTEs run to completion
+# message unread for them. The checks read the statement's snapshot; a chat row
+# that changed between that snapshot and its lock here (a participant removed or
+# added, the chat archived or deleted, a message edited: each moves the chat's
+# `rev`, under the chat's lock) gets no allocation row, since the UPDATE rechecks
+# the locked row's `rev` against the snapshot's. Its rows are not inserted and come
+# back `moved`, and the writer runs them again in a new statement, whose snapshot
+# sees the change (found by the newcomer attack: a participant removed while their
+# sends were in flight still had up to a batch of them stored after the leave, and
+# the fan-out, read from the old snapshot, still reached them). Data-modifying CTEs run to completion
 # whether or not the final SELECT reads them. Nothing is quadratic in the batch
 # beyond tuplestore scans: each chat finds its counts in the arrays with
 # array_position, and the checked and numbered rows are materialized once.
@@ -199,19 +205,20 @@ WITH q AS MATERIALIZED (
     SELECT i.idx, i.chat_id, i.user_id, i.message_key, i.type, i.body, i.metadata,
            i.reply_to_id,
            CASE
-               WHEN c.id IS NULL OR c.deleted_at IS NOT NULL THEN 'not_found'
+               WHEN c.id IS NULL THEN 'not_found'
                WHEN i.check_member AND (p.user_id IS NULL OR p.left_at IS NOT NULL)
                    THEN 'not_found'
                WHEN d.id IS NOT NULL AND d.user_id IS NOT DISTINCT FROM i.user_id
                    THEN 'duplicate'
                WHEN d.id IS NOT NULL THEN 'key_taken'
+               WHEN c.deleted_at IS NOT NULL THEN 'deleted'
                WHEN c.status <> 'active' THEN 'archived'
                WHEN i.reply_to_id IS NOT NULL AND r.chat_id IS DISTINCT FROM i.chat_id
                    THEN 'bad_reply'
                ELSE 'ok'
            END AS verdict,
            COALESCE(i.lang, u.locale, $11) AS final_lang,
-           d.id AS dup_id
+           d.id AS dup_id, c.rev AS chat_rev
       FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],
                   $6::text[], $7::text[], $8::text[], $9::bigint[], $10::bool[])
            AS i(idx, chat_id, user_id, message_key, type, body, lang, metadata,
@@ -223,7 +230,7 @@ WITH q AS MATERIALIZED (
                ORDER BY d.chat_id, d.message_key LIMIT 1) d
            WHERE d.chat_id = i.chat_id AND d.message_key = i.message_key) d ON true
       LEFT JOIN LATERAL (
-          SELECT c.id, c.deleted_at, c.status FROM chats c
+          SELECT c.id, c.deleted_at, c.status, c.rev FROM chats c
            WHERE c.id = i.chat_id LIMIT 1) c ON true
       LEFT JOIN LATERAL (
           SELECT p.user_id, p.left_at FROM chat_participants p
@@ -243,8 +250,10 @@ fresh AS MATERIALIZED (
 counts AS MATERIALIZED (
     SELECT array_agg(g.chat_id ORDER BY g.chat_id) AS ids,
            array_agg(g.n ORDER BY g.chat_id) AS ns,
-           array_agg(g.last_id ORDER BY g.chat_id) AS last_ids
-      FROM (SELECT f.chat_id, count(*) AS n, (array_agg(f.id ORDER BY f.k DESC))[1] AS last_id
+           array_agg(g.last_id ORDER BY g.chat_id) AS last_ids,
+           array_agg(g.chat_rev ORDER BY g.chat_id) AS revs
+      FROM (SELECT f.chat_id, count(*) AS n, (array_agg(f.id ORDER BY f.k DESC))[1] AS last_id,
+                   min(f.chat_rev) AS chat_rev
               FROM fresh f GROUP BY f.chat_id) g
 ),
 alloc AS (
@@ -256,6 +265,7 @@ alloc AS (
       FROM counts x
      WHERE c.id = ANY(x.ids) AND c.id = ANY($2::bigint[])
        AND c.status = 'active' AND c.deleted_at IS NULL
+       AND c.rev = x.revs[array_position(x.ids, c.id)]
     RETURNING c.id,
               c.last_seq - x.ns[array_position(x.ids, c.id)] AS seq0,
               c.rev - x.ns[array_position(x.ids, c.id)] AS rev0
@@ -304,7 +314,7 @@ done AS MATERIALIZED (
       FROM fresh f JOIN alloc a ON a.id = f.chat_id
 )
 SELECT q.idx,
-       CASE WHEN q.verdict = 'ok' AND n.idx IS NULL THEN 'archived' ELSE q.verdict END
+       CASE WHEN q.verdict = 'ok' AND n.idx IS NULL THEN 'moved' ELSE q.verdict END
            AS verdict,
        q.final_lang, n.id AS new_id, n.seq AS new_seq, n.rev AS new_rev, n.members,
        now() AS created,
@@ -386,6 +396,7 @@ KEYED_ONLY_RESET = "; ".join(
 _VERDICT_ERRORS: dict[str, BesedaError] = {
     "not_found": NotFound("chat not found"),
     "archived": Conflict("chat is archived"),
+    "deleted": Conflict("chat is deleted"),
     "key_taken": Conflict("message_key is already used in this chat by another sender"),
     "bad_reply": BadRequest("`data.reply_to_id` is not a message of this chat"),
 }
@@ -615,8 +626,11 @@ class Store:
         pending = idxs
         for _attempt in range(4):
             try:
-                await self._run_send_statement(conn, pending, rows, results)
-                return results
+                pending = await self._run_send_statement(conn, pending, rows, results)
+                if not pending:
+                    return results
+                # Rows whose chat changed under the statement: run them again.
+                continue
             except AttachmentClaimFailed as exc:
                 for i in exc.bad_idx:
                     results[i] = SendResult(
@@ -652,9 +666,12 @@ class Store:
         idxs: list[int],
         rows: Sequence[SendRow],
         results: list[SendResult],
-    ) -> None:
+    ) -> list[int]:
+        """Runs the statement for `idxs`, filling in their results; returns the rows
+        whose chat changed between the statement's snapshot and its lock (to be run
+        again)."""
         if not idxs:
-            return
+            return []
         sel = [rows[i] for i in idxs]
         args = (
             idxs,
@@ -670,12 +687,13 @@ class Store:
             self.default_lang,
         )
         claimed: dict[int, list[dict[str, Any]]] = {}
+        moved: list[int] = []
         if any(r.attachments for r in sel):
             async with conn.transaction():
-                new = self._verdicts(await conn.fetch(_SEND_SQL, *args), rows, results)
+                new = self._verdicts(await conn.fetch(_SEND_SQL, *args), rows, results, moved)
                 claimed = await self._claim_attachments(conn, new, rows)
         else:
-            new = self._verdicts(await conn.fetch(_SEND_SQL, *args), rows, results)
+            new = self._verdicts(await conn.fetch(_SEND_SQL, *args), rows, results, moved)
         for values, idx, members, created_at in new:
             row = rows[idx]
             msg = m.MessageOut(
@@ -687,14 +705,16 @@ class Store:
                 deleted_at=None,
             )
             results[idx] = SendResult(message=msg, members=members)
+        return moved
 
     @staticmethod
     def _verdicts(
-        recs: list[Any], rows: Sequence[SendRow], results: list[SendResult]
+        recs: list[Any], rows: Sequence[SendRow], results: list[SendResult], moved: list[int]
     ) -> list[tuple[tuple[Any, ...], int, list[int], str]]:
-        """Fills in the refused and duplicate rows' results; returns (id, chat, seq,
-        rev, lang) of each stored row with its index, its chat's members and its
-        creation time. The statement names the members on a chat's first row only."""
+        """Fills in the refused and duplicate rows' results and lists the moved ones
+        in `moved`; returns (id, chat, seq, rev, lang) of each stored row with its
+        index, its chat's members and its creation time. The statement names the
+        members on a chat's first row only."""
         new: list[tuple[tuple[Any, ...], int, list[int], str]] = []
         members: dict[int, list[int]] = {}
         stored: list[Any] = []
@@ -706,8 +726,11 @@ class Store:
                     members[rows[rec["idx"]].chat_id] = list(rec["members"])
             elif verdict == "duplicate":
                 results[rec["idx"]] = SendResult(message=message_out(rec), duplicate=True)
+            elif verdict == "moved":
+                moved.append(rec["idx"])
             else:
                 results[rec["idx"]] = SendResult(error=_VERDICT_ERRORS[verdict])
+        moved.sort()
         created = iso(stored[0]["created"]) or "" if stored else ""  # now(): one per statement
         for rec in stored:
             idx = rec["idx"]

@@ -128,3 +128,21 @@ async def test_refresh_not_extending_exp_is_refused_and_first_expiry_stands(
         await until(weaker_exp + LEEWAY_S + 0.5)
         await ws.ok("message.send", send_data(chat, "k-mid", "still open"))
     assert await ws.wait_closed(exp + LEEWAY_S + 5 - time.time()) == 4001
+
+
+async def test_refresh_with_another_role_is_refused_and_the_socket_keeps_its_own(world_with):
+    """Found by the newcomer attack: a refresh token naming the same user as a
+    manager turned a buyer's live socket into a manager's (who may delete others'
+    messages). What a socket may do stays fixed for its life; a new role reconnects."""
+    world = await world_with(jwt_leeway_s=LEEWAY_S)
+    a, b = await world.user(), await world.user()
+    chat = await world.chat([a, b])
+    ws_b, _ = await open_socket(world, b, 600)
+    theirs = await ws_b.ok("message.send", send_data(chat, "kb", "b's"))
+    ws, exp = await open_socket(world, a, 600)
+    reply = await ws.request("auth.refresh", {"token": world.token(a, "manager", ttl_s=1200)})
+    assert reply["type"] == "error" and reply["error"]["code"] == "unauthorized"
+    refused = await ws.request("message.delete", {"message_id": theirs["id"]})
+    assert refused["type"] == "error" and refused["error"]["code"] == "forbidden"
+    ack = await ws.ok("auth.refresh", {"token": world.token(a, ttl_s=1200)})
+    assert ack["exp"] > exp
