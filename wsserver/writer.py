@@ -70,8 +70,9 @@ class _Lane:
             try:
                 # Stored, then answered whole before the next batch is taken, so a
                 # chat's messages go out in seq order. (Sending the next batch before
-                # answering this one was tried: at 7,800 msgs/s in chats of 2 the
-                # server's CPU per message rose by half and the acks fell behind.)
+                # answering this one was tried once and not kept: at 7,800 msgs/s in
+                # chats of 2 the acks fell further behind, in probes too noisy at that
+                # rate to say by how much.)
                 await self.writer.answer(await self.writer.store_batch(self, batch))
             finally:
                 self.busy = False
