@@ -188,22 +188,26 @@ class SendResult:
 # order, as the receipt flush does; a deadlock with anything else is retried like a
 # key race. A participant row another transaction holds (a receipt flush, a read
 # from the sender's other device) is waited for: skipping it left the sender's own
-# message unread for them. The checks read the statement's snapshot; a chat row
-# that changed between that snapshot and its lock here (a participant removed or
-# added, the chat archived or deleted, a message edited: each moves the chat's
-# `rev`, under the chat's lock) gets no allocation row, since the UPDATE rechecks
-# the locked row's `rev` against the snapshot's. Its rows are not inserted and come
-# back `moved`, and the writer runs them again in a new statement, whose snapshot
-# sees the change (found by the newcomer attack: a participant removed while their
-# sends were in flight still had up to a batch of them stored after the leave, and
-# the fan-out, read from the old snapshot, still reached them). Data-modifying CTEs run to completion
-# whether or not the final SELECT reads them. Nothing is quadratic in the batch
-# beyond tuplestore scans: each chat finds its counts in the arrays with
+# message unread for them. The checks read the statement's snapshot, so before
+# anything is numbered the statement locks the batch's chats (`held`, in id order)
+# and then its senders' participant rows (`still`): a lock taken on a row that a
+# transaction committed meanwhile rechecks the row's newest version, so a chat
+# archived or deleted, or a sender removed, while the statement waited for the
+# chat's lock (a removal holds it) drops out there. Such rows are not inserted and
+# come back `moved`; the writer runs them again in a new statement, whose check
+# sees the change. A chat that changed under the lock also comes back `changed`,
+# and the writer reads its members again for the fan-out. (Found by the newcomer
+# attack: a participant removed while their sends were in flight still had up to
+# a batch of them stored after the leave, and the fan-out, read from the old
+# snapshot, still reached them. Comparing the chat's `rev` instead refused every
+# send that met another node's send to the same chat.) Data-modifying CTEs run to
+# completion whether or not the final SELECT reads them. Nothing is quadratic in
+# the batch beyond tuplestore scans: each chat finds its counts in the arrays with
 # array_position, and the checked and numbered rows are materialized once.
 _SEND_SQL = f"""
 WITH q AS MATERIALIZED (
     SELECT i.idx, i.chat_id, i.user_id, i.message_key, i.type, i.body, i.metadata,
-           i.reply_to_id,
+           i.reply_to_id, i.check_member,
            CASE
                WHEN c.id IS NULL THEN 'not_found'
                WHEN i.check_member AND (p.user_id IS NULL OR p.left_at IS NOT NULL)
@@ -242,18 +246,34 @@ WITH q AS MATERIALIZED (
           SELECT u.locale FROM users u
            WHERE u.id = i.user_id AND i.lang IS NULL LIMIT 1) u ON true
 ),
+held AS MATERIALIZED (
+    SELECT c.id FROM chats c
+     WHERE c.id = ANY($2::bigint[]) AND c.id IN (SELECT q.chat_id FROM q WHERE q.verdict = 'ok')
+       AND c.status = 'active' AND c.deleted_at IS NULL
+     ORDER BY c.id
+       FOR UPDATE OF c
+),
+still AS MATERIALIZED (
+    SELECT p.chat_id, p.user_id FROM chat_participants p
+     WHERE p.chat_id = ANY($2::bigint[]) AND p.user_id = ANY($3::bigint[])
+       AND p.chat_id IN (SELECT h.id FROM held h) AND p.left_at IS NULL
+     ORDER BY p.chat_id, p.user_id
+       FOR SHARE OF p
+),
 fresh AS MATERIALIZED (
     SELECT s.*, row_number() OVER (PARTITION BY s.chat_id ORDER BY s.idx) AS k,
            nextval('messages_id_seq'::regclass) AS id
-      FROM (SELECT * FROM q WHERE q.verdict = 'ok' ORDER BY q.chat_id, q.idx) s
+      FROM (SELECT * FROM q
+             WHERE q.verdict = 'ok' AND q.chat_id IN (SELECT h.id FROM held h)
+               AND (NOT q.check_member OR (q.chat_id, q.user_id) IN (
+                       SELECT t.chat_id, t.user_id FROM still t))
+             ORDER BY q.chat_id, q.idx) s
 ),
 counts AS MATERIALIZED (
     SELECT array_agg(g.chat_id ORDER BY g.chat_id) AS ids,
            array_agg(g.n ORDER BY g.chat_id) AS ns,
-           array_agg(g.last_id ORDER BY g.chat_id) AS last_ids,
-           array_agg(g.chat_rev ORDER BY g.chat_id) AS revs
-      FROM (SELECT f.chat_id, count(*) AS n, (array_agg(f.id ORDER BY f.k DESC))[1] AS last_id,
-                   min(f.chat_rev) AS chat_rev
+           array_agg(g.last_id ORDER BY g.chat_id) AS last_ids
+      FROM (SELECT f.chat_id, count(*) AS n, (array_agg(f.id ORDER BY f.k DESC))[1] AS last_id
               FROM fresh f GROUP BY f.chat_id) g
 ),
 alloc AS (
@@ -265,7 +285,6 @@ alloc AS (
       FROM counts x
      WHERE c.id = ANY(x.ids) AND c.id = ANY($2::bigint[])
        AND c.status = 'active' AND c.deleted_at IS NULL
-       AND c.rev = x.revs[array_position(x.ids, c.id)]
     RETURNING c.id,
               c.last_seq - x.ns[array_position(x.ids, c.id)] AS seq0,
               c.rev - x.ns[array_position(x.ids, c.id)] AS rev0
@@ -308,6 +327,7 @@ horizons AS (
 ),
 done AS MATERIALIZED (
     SELECT f.idx, f.id, a.seq0 + f.k AS seq, a.rev0 + f.k AS rev,
+           a.rev0 <> f.chat_rev AS changed,
            CASE WHEN f.k = 1 THEN
                ARRAY(SELECT p.user_id FROM chat_participants p
                       WHERE p.chat_id = a.id AND p.left_at IS NULL) END AS members
@@ -317,6 +337,7 @@ SELECT q.idx,
        CASE WHEN q.verdict = 'ok' AND n.idx IS NULL THEN 'moved' ELSE q.verdict END
            AS verdict,
        q.final_lang, n.id AS new_id, n.seq AS new_seq, n.rev AS new_rev, n.members,
+       n.changed,
        now() AS created,
        {MSG_COLS.replace("m.", "d.")},
        CASE WHEN d.id IS NOT NULL THEN (
@@ -328,6 +349,13 @@ SELECT q.idx,
   LEFT JOIN done n ON n.idx = q.idx
   LEFT JOIN LATERAL (
       SELECT * FROM messages d WHERE d.id = q.dup_id LIMIT 1) d ON true
+"""
+
+_MEMBERS_SQL = """
+SELECT c.id AS chat_id,
+       ARRAY(SELECT p.user_id FROM chat_participants p
+              WHERE p.chat_id = c.id AND p.left_at IS NULL) AS members
+  FROM chats c WHERE c.id = ANY($1::bigint[])
 """
 
 # A receipt flush: moves each (chat, user) delivered horizon forward, never back,
@@ -688,12 +716,23 @@ class Store:
         )
         claimed: dict[int, list[dict[str, Any]]] = {}
         moved: list[int] = []
+        stale: list[int] = []
         if any(r.attachments for r in sel):
             async with conn.transaction():
-                new = self._verdicts(await conn.fetch(_SEND_SQL, *args), rows, results, moved)
+                new = self._verdicts(await conn.fetch(_SEND_SQL, *args), rows, results,
+                                     moved, stale)
                 claimed = await self._claim_attachments(conn, new, rows)
         else:
-            new = self._verdicts(await conn.fetch(_SEND_SQL, *args), rows, results, moved)
+            new = self._verdicts(await conn.fetch(_SEND_SQL, *args), rows, results, moved, stale)
+        if stale:
+            # The chat changed while the statement waited for it (a participant
+            # removed or added, on another node or the REST side): its members are
+            # read again, now, so the fan-out follows the change.
+            fresh = {r["chat_id"]: list(r["members"]) for r in await conn.fetch(_MEMBERS_SQL, stale)}
+            for _values, _idx, members, _created in new:
+                chat_members = fresh.get(_values[1])
+                if chat_members is not None and members is not chat_members:
+                    members[:] = chat_members
         for values, idx, members, created_at in new:
             row = rows[idx]
             msg = m.MessageOut(
@@ -709,10 +748,11 @@ class Store:
 
     @staticmethod
     def _verdicts(
-        recs: list[Any], rows: Sequence[SendRow], results: list[SendResult], moved: list[int]
+        recs: list[Any], rows: Sequence[SendRow], results: list[SendResult], moved: list[int],
+        stale: list[int],
     ) -> list[tuple[tuple[Any, ...], int, list[int], str]]:
-        """Fills in the refused and duplicate rows' results and lists the moved ones
-        in `moved`; returns (id, chat, seq, rev, lang) of each stored row with its
+        """Fills in the refused and duplicate rows' results, lists the moved ones in
+        `moved` and the chats whose members may have changed in `stale`; returns (id, chat, seq, rev, lang) of each stored row with its
         index, its chat's members and its creation time. The statement names the
         members on a chat's first row only."""
         new: list[tuple[tuple[Any, ...], int, list[int], str]] = []
@@ -724,6 +764,8 @@ class Store:
                 stored.append(rec)
                 if rec["members"] is not None:
                     members[rows[rec["idx"]].chat_id] = list(rec["members"])
+                    if rec["changed"]:
+                        stale.append(rows[rec["idx"]].chat_id)
             elif verdict == "duplicate":
                 results[rec["idx"]] = SendResult(message=message_out(rec), duplicate=True)
             elif verdict == "moved":
