@@ -336,7 +336,7 @@ def machine_info() -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     p = argparse.ArgumentParser(prog="python -m loadtests.run", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="shorter steps, coarser ramp (~3 min)")
+    p.add_argument("--quick", action="store_true", help="shorter steps, coarser ramp (~3-4 min)")
     p.add_argument("--targets", default="raw,beseda", help=f"comma list of {','.join(TARGETS)}")
     p.add_argument("--groups", default="2,10", help="chat sizes, comma list")
     p.add_argument("--sockets", type=int, default=2000)
