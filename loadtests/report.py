@@ -285,6 +285,11 @@ def _findings(r: dict[str, Any]) -> list[str]:
         raw = by.get(("raw", g), {})
         ratio = (f", {_ratio(s.get('peak_rate'), raw.get('peak_rate'))} the raw ceiling"
                  if t != "raw" and raw.get("peak_rate") else "")
+        if ratio and s.get("peak_rate") and s["peak_rate"] >= raw["peak_rate"]:
+            # The raw server has no storage: reaching its peak means the ramp stopped
+            # it early (a step failed on noise) or both stopped on the same step.
+            ratio += (" (at or above the ceiling: the raw ramp stopped on the same step "
+                      "or lower, so the ceiling is a lower bound here)")
         out.append(f"**{t}, chats of {g}**: peak {_f(s.get('peak_rate'))} msgs/s "
                    f"({_f((s.get('peak_step') or {}).get('delivery_rate'))} deliveries/s){ratio}; "
                    f"first failed step: {_limit(s)}.")
