@@ -88,34 +88,31 @@ def _canonical_ts(s: str) -> bool:
             and s[13] == ":" and s.isascii())
 
 
+def _timestamp(text: str) -> tuple[datetime, bool]:
+    """The instant a timestamp names, and whether its text can go into the COPY as it
+    is (the canonical shape only). A timestamp msgspec would refuse raises
+    msgspec.DecodeError, as decoding the page into datetimes did."""
+    if _canonical_ts(text):
+        try:
+            return _from_iso(text), True
+        except ValueError:
+            pass
+    return msgspec.convert(text, datetime), False
+
+
 def _with_dates(recs: list[MessageRec]) -> list[MessageRec]:
     """Fill date_created/date_updated of freshly decoded records from their text; the
     text stays (for the COPY) only in the canonical shape, which PostgreSQL reads as
-    the same instant. A timestamp msgspec would refuse raises msgspec.DecodeError, as
-    decoding the page into datetimes did."""
+    the same instant."""
     for r in recs:
         r.date_created = r.date_updated = None
-        c = r.created_raw
-        if c is not None:
-            if _canonical_ts(c):
-                try:
-                    r.date_created = _from_iso(c)
-                except ValueError:
-                    r.date_created = msgspec.convert(c, datetime)
-                    r.created_raw = None
-            else:
-                r.date_created = msgspec.convert(c, datetime)
+        if r.created_raw is not None:
+            r.date_created, keep = _timestamp(r.created_raw)
+            if not keep:
                 r.created_raw = None
-        u = r.updated_raw
-        if u is not None:
-            if _canonical_ts(u):
-                try:
-                    r.date_updated = _from_iso(u)
-                except ValueError:
-                    r.date_updated = msgspec.convert(u, datetime)
-                    r.updated_raw = None
-            else:
-                r.date_updated = msgspec.convert(u, datetime)
+        if r.updated_raw is not None:
+            r.date_updated, keep = _timestamp(r.updated_raw)
+            if not keep:
                 r.updated_raw = None
     return recs
 

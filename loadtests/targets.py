@@ -312,8 +312,8 @@ class BesedaTarget(Target):
     def start(self, users: int, group: int, profile: bool) -> None:
         self.runs += 1
         self.users, self.group = users, group
-        dbname = f"bench_{os.getpid()}_{self.runs}_g{group}"
-        self.dsn, self.chat_ids = asyncio.run(self._prepare(dbname, users, group))
+        self.dbname = f"bench_{os.getpid()}_{self.runs}_g{group}"
+        self.dsn, self.chat_ids = asyncio.run(self._prepare(self.dbname, users, group))
         self.ws_port, self.http_port = free_port(), free_port()
         beseda = shutil.which("beseda", path=str(Path(sys.executable).parent)) or "beseda"
         env = clean_env(
@@ -349,13 +349,12 @@ class BesedaTarget(Target):
         # of the latency run 110-121 ms at 3,604 msgs/s with the chats-of-2 database
         # left in place, 23 ms at 2,943 once it was dropped; 35-40 ms at 3,604 in a
         # fixed-rate probe with no other database.
-        asyncio.run(self._drop(self.dsn))
+        asyncio.run(self._drop(self.dbname))
         return out
 
-    async def _drop(self, dsn: str) -> None:
+    async def _drop(self, dbname: str) -> None:
         import asyncpg
 
-        dbname = dsn.rsplit("/", 1)[1].split("?", 1)[0]
         conn = await asyncpg.connect(self.pg.dsn)
         try:
             await conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')

@@ -3,11 +3,52 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 
 from wsserver.lang import detect
 from wsserver.store import SendRow, Store
+from wsserver.writer import BatchWriter
+
+
+@contextlib.asynccontextmanager
+async def _store(world: Any) -> AsyncIterator[Store]:
+    """A Store on a one-connection pool of the test database."""
+    pool = await asyncpg.create_pool(world.dsn, min_size=1, max_size=1, init=Store.connection_init())
+    try:
+        yield Store(pool)
+    finally:
+        await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def _writer(world: Any) -> AsyncIterator[BatchWriter]:
+    """A running one-lane BatchWriter: sends submitted in one loop turn are one batch."""
+    pool = await asyncpg.create_pool(world.dsn, min_size=2, max_size=3, init=Store.connection_init())
+    writer = BatchWriter(Store(pool), lanes=1)
+    writer.start()
+    try:
+        yield writer
+    finally:
+        await writer.stop()
+        await pool.close()
+
+
+async def _until_waiting_for_a_lock(conn: asyncpg.Connection, task: asyncio.Future[Any]) -> bool:
+    """Polls until another backend of this database waits for a lock (True) or the
+    task is done without one (False)."""
+    while not task.done():
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+        )
+        if waiting:
+            return True
+        await asyncio.sleep(0.01)
+    return False
 
 
 def _row(chat: int, user: int, key: str, text: str = "x", **kw) -> SendRow:
@@ -22,9 +63,7 @@ async def test_write_sends_one_batch_isolates_each_bad_row(world):
     other = await world.chat([a, b])
     archived = await world.chat([a, b], status="archived")
     stranger = await world.chat([b, await world.user()])
-    pool = await asyncpg.create_pool(world.dsn, min_size=1, max_size=1, init=Store.connection_init())
-    try:
-        store = Store(pool)
+    async with _store(world) as store:
         first = await store.write_sends([_row(chat, a, "root")])
         root_id = first[0].message.id
         results = await store.write_sends([
@@ -37,8 +76,6 @@ async def test_write_sends_one_batch_isolates_each_bad_row(world):
             _row(chat, a, "g2", "你好", reply_to_id=root_id),
             _row(other, a, "o2", "👍"),
         ])
-    finally:
-        await pool.close()
 
     outcome = [r.error.code if r.error else ("dup" if r.duplicate else r.message.seq) for r in results]
     assert outcome == [2, "bad_request", "conflict", 1, "not_found", "dup", 3, 2]
@@ -58,21 +95,13 @@ async def test_same_key_from_another_sender_in_one_batch_gets_nothing_of_the_fir
     """Two senders using one message_key in the same writer batch: the second is
     not answered with the first's message (text, id): an outsider gets not_found,
     another member conflict; a retry by the first sender is its duplicate."""
-    from wsserver.writer import BatchWriter
-
     a, b, outsider = await world.user(), await world.user(), await world.user()
     chat = await world.chat([a, b])
-    pool = await asyncpg.create_pool(world.dsn, min_size=2, max_size=3, init=Store.connection_init())
-    writer = BatchWriter(Store(pool), lanes=1)
-    writer.start()
-    try:
+    async with _writer(world) as writer:
         rows = [_row(chat, a, "k-1", "private text"), _row(chat, outsider, "k-1", "x"),
                 _row(chat, b, "k-1", "y"), _row(chat, a, "k-1", "private text")]
         # submitted in one loop turn, so they are one batch
         results = await asyncio.gather(*(writer.write(r) for r in rows))
-    finally:
-        await writer.stop()
-        await pool.close()
     assert results[0].message is not None and not results[0].duplicate
     assert results[1].message is None and results[1].error.code == "not_found"
     assert results[2].message is None and results[2].error.code == "conflict"
@@ -87,32 +116,23 @@ async def test_sender_horizon_waits_for_a_row_another_transaction_holds(world):
     horizon, so the sender's own message never counts as unread for them."""
     a, b = await world.user(), await world.user()
     chat = await world.chat([a, b])
-    pool = await asyncpg.create_pool(world.dsn, min_size=1, max_size=1, init=Store.connection_init())
-    holder = await asyncpg.connect(world.dsn)
-    try:
-        store = Store(pool)
-        await store.write_sends([_row(chat, b, "from-b")])
-        tr = holder.transaction()
-        await tr.start()
-        await holder.execute(
-            "SELECT 1 FROM chat_participants WHERE chat_id = $1 AND user_id = $2 FOR UPDATE",
-            chat, a,
-        )
-        send = asyncio.ensure_future(store.write_sends([_row(chat, a, "from-a")]))
-        # Until the send either finished (it skipped the row) or waits for the lock.
-        while not send.done():
-            waiting = await holder.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+    async with _store(world) as store:
+        holder = await asyncpg.connect(world.dsn)
+        try:
+            await store.write_sends([_row(chat, b, "from-b")])
+            tr = holder.transaction()
+            await tr.start()
+            await holder.execute(
+                "SELECT 1 FROM chat_participants WHERE chat_id = $1 AND user_id = $2 FOR UPDATE",
+                chat, a,
             )
-            if waiting:
-                break
-            await asyncio.sleep(0.01)
-        await tr.rollback()
-        sent = await send
-    finally:
-        await holder.close()
-        await pool.close()
+            send = asyncio.ensure_future(store.write_sends([_row(chat, a, "from-a")]))
+            # Until the send either finished (it skipped the row) or waits for the lock.
+            await _until_waiting_for_a_lock(holder, send)
+            await tr.rollback()
+            sent = await send
+        finally:
+            await holder.close()
     assert sent[0].message is not None and sent[0].message.seq == 2
     row = (await world.sql(
         """SELECT c.last_seq - p.last_read_seq AS unread, p.last_read_message_id
@@ -126,38 +146,30 @@ async def test_a_participant_removed_under_the_statement_gets_nothing_stored(wor
     """Found by the newcomer attack: a participant removed while their sends were in
     flight still had a batch of them stored after the leave, and fanned out to them.
     The removal holds the chat row (as ChatService.remove_participant does) while the
-    send statement starts: its check still sees the member, its allocation waits for
-    the lock and finds the chat's rev moved, so the rows are run again in a new
-    statement, which sees the leave."""
+    send statement starts: its check still sees the member; its lock of the chat
+    waits, then its lock of the sender's participant row sees the leave, so the rows
+    are run again in a new statement, which refuses them."""
     a, b = await world.user(), await world.user()
     chat = await world.chat([a, b])
-    pool = await asyncpg.create_pool(world.dsn, min_size=1, max_size=1, init=Store.connection_init())
-    remover = await asyncpg.connect(world.dsn)
-    try:
-        store = Store(pool)
-        await store.write_sends([_row(chat, b, "before")])
-        tx = remover.transaction()
-        await tx.start()
-        await remover.execute("SELECT 1 FROM chats WHERE id = $1 FOR UPDATE", chat)
-        await remover.execute(
-            "UPDATE chat_participants SET left_at = now() WHERE chat_id = $1 AND user_id = $2",
-            chat, b)
-        await remover.execute("UPDATE chats SET rev = rev + 1 WHERE id = $1", chat)
-        send = asyncio.ensure_future(store.write_sends([
-            _row(chat, b, "after-1"), _row(chat, a, "to-both"), _row(chat, b, "after-2")]))
-        for _ in range(200):  # until the statement waits for the chat's lock
-            waiting = await world.sql(
-                "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND query LIKE '%WITH q AS MATERIALIZED%'")
-            if waiting[0]["n"]:
-                break
-            await asyncio.sleep(0.02)
-        assert waiting[0]["n"] == 1, "the send statement never waited for the removal"
-        await tx.commit()
-        results = await send
-    finally:
-        await remover.close()
-        await pool.close()
+    async with _store(world) as store:
+        remover = await asyncpg.connect(world.dsn)
+        try:
+            await store.write_sends([_row(chat, b, "before")])
+            tx = remover.transaction()
+            await tx.start()
+            await remover.execute("SELECT 1 FROM chats WHERE id = $1 FOR UPDATE", chat)
+            await remover.execute(
+                "UPDATE chat_participants SET left_at = now() WHERE chat_id = $1 AND user_id = $2",
+                chat, b)
+            await remover.execute("UPDATE chats SET rev = rev + 1 WHERE id = $1", chat)
+            send = asyncio.ensure_future(store.write_sends([
+                _row(chat, b, "after-1"), _row(chat, a, "to-both"), _row(chat, b, "after-2")]))
+            assert await _until_waiting_for_a_lock(remover, send), \
+                "the send statement never waited for the removal"
+            await tx.commit()
+            results = await send
+        finally:
+            await remover.close()
     assert [r.error.code if r.error else "stored" for r in results] == \
         ["not_found", "stored", "not_found"]
     assert sorted(results[1].members) == [a]  # the fan-out no longer reaches b
@@ -169,22 +181,14 @@ async def test_a_corrected_resend_in_the_same_batch_is_not_answered_with_the_ref
     """Found by the newcomer attack: a send refused (a reply to another chat's
     message) and its corrected resend with the same key, pipelined into one batch:
     the resend got the first one's refusal. It is now a send of its own."""
-    from wsserver.writer import BatchWriter
-
     a, b = await world.user(), await world.user()
     chat, other = await world.chat([a, b]), await world.chat([a, b])
-    pool = await asyncpg.create_pool(world.dsn, min_size=2, max_size=3, init=Store.connection_init())
-    writer = BatchWriter(Store(pool), lanes=1)
-    writer.start()
-    try:
-        elsewhere = (await writer.write(_row(other, a, "o")))
+    async with _writer(world) as writer:
+        elsewhere = await writer.write(_row(other, a, "o"))
         first, fixed = await asyncio.gather(
             writer.write(_row(chat, a, "k", "hi", reply_to_id=elsewhere.message.id)),
             writer.write(_row(chat, a, "k", "hi")),
         )
-    finally:
-        await writer.stop()
-        await pool.close()
     assert first.error is not None and first.error.code == "bad_request"
     assert fixed.message is not None and not fixed.duplicate and fixed.message.seq == 1
 
@@ -195,15 +199,11 @@ async def test_a_deleted_chat_refuses_its_members_with_conflict_and_hides_from_s
     stored before the deletion is still its duplicate."""
     a, b, stranger = await world.user(), await world.user(), await world.user()
     chat = await world.chat([a, b])
-    pool = await asyncpg.create_pool(world.dsn, min_size=1, max_size=1, init=Store.connection_init())
-    try:
-        store = Store(pool)
+    async with _store(world) as store:
         first = await store.write_sends([_row(chat, a, "before")])
         await world.sql("UPDATE chats SET deleted_at = now(), rev = rev + 1 WHERE id = $1", chat)
         results = await store.write_sends([
             _row(chat, a, "after"), _row(chat, stranger, "x"), _row(chat, a, "before")])
-    finally:
-        await pool.close()
     assert [r.error.code if r.error else "dup" for r in results] == ["conflict", "not_found", "dup"]
     assert results[0].error.message == "chat is deleted"
     assert results[2].message.id == first[0].message.id

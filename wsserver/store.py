@@ -351,13 +351,6 @@ SELECT q.idx,
       SELECT * FROM messages d WHERE d.id = q.dup_id LIMIT 1) d ON true
 """
 
-_MEMBERS_SQL = """
-SELECT c.id AS chat_id,
-       ARRAY(SELECT p.user_id FROM chat_participants p
-              WHERE p.chat_id = c.id AND p.left_at IS NULL) AS members
-  FROM chats c WHERE c.id = ANY($1::bigint[])
-"""
-
 # A receipt flush: moves each (chat, user) delivered horizon forward, never back,
 # locking the rows in key order so concurrent flushes cannot deadlock.
 _MARK_DELIVERED_SQL = """
@@ -727,12 +720,12 @@ class Store:
         if stale:
             # The chat changed while the statement waited for it (a participant
             # removed or added, on another node or the REST side): its members are
-            # read again, now, so the fan-out follows the change.
-            fresh = {r["chat_id"]: list(r["members"]) for r in await conn.fetch(_MEMBERS_SQL, stale)}
-            for _values, _idx, members, _created in new:
-                chat_members = fresh.get(_values[1])
-                if chat_members is not None and members is not chat_members:
-                    members[:] = chat_members
+            # read again, now, so the fan-out follows the change. A chat's rows share
+            # one members list.
+            now = {chat_id: await self._members(conn, chat_id) for chat_id in stale}
+            for values, _idx, members, _created in new:
+                if values[1] in now:
+                    members[:] = now[values[1]]
         for values, idx, members, created_at in new:
             row = rows[idx]
             msg = m.MessageOut(

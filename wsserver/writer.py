@@ -35,16 +35,6 @@ class PendingSend:
     received_at: float
 
 
-@dataclass(slots=True)
-class _Stored:
-    """A committed batch (or one that failed), waiting to be answered."""
-
-    items: list[PendingSend]
-    results: list[SendResult]
-    followers: list[tuple[PendingSend, int]]
-    committed: float
-
-
 class _Lane:
     def __init__(self, writer: "BatchWriter", number: int) -> None:
         self.writer = writer
@@ -68,12 +58,7 @@ class _Lane:
             metrics.WRITER_QUEUE.dec(len(batch))
             self.busy = True
             try:
-                # Stored, then answered whole before the next batch is taken, so a
-                # chat's messages go out in seq order. (Sending the next batch before
-                # answering this one was tried once and not kept: at 7,800 msgs/s in
-                # chats of 2 the acks fell further behind, in probes too noisy at that
-                # rate to say by how much.)
-                await self.writer.answer(await self.writer.store_batch(self, batch))
+                await self.writer.store_batch(self, batch)
             finally:
                 self.busy = False
 
@@ -146,8 +131,14 @@ class BatchWriter:
             await self.store.release(conn)
             raise
 
-    async def store_batch(self, lane: _Lane, batch: list[PendingSend]) -> "_Stored":
-        """Stores a batch; its replies go out with `answer`."""
+    @staticmethod
+    def _requeue(lane: _Lane, items: list[PendingSend]) -> None:
+        """Puts sends back at the head of the lane's queue, in their order."""
+        lane.queue.extendleft(reversed(items))
+        metrics.WRITER_QUEUE.inc(len(items))
+        lane.wakeup.set()
+
+    async def store_batch(self, lane: _Lane, batch: list[PendingSend]) -> None:
         # A send repeating a key already in this batch from the same sender is a
         # retry: it waits for the first and answers with its result. The same key
         # from anyone else is not theirs to see: it goes to the next batch, whose
@@ -168,9 +159,7 @@ class BatchWriter:
             else:
                 deferred.append(item)
         if deferred:
-            lane.queue.extendleft(reversed(deferred))
-            metrics.WRITER_QUEUE.inc(len(deferred))
-            lane.wakeup.set()
+            self._requeue(lane, deferred)
 
         started = time.perf_counter()
         try:
@@ -183,34 +172,30 @@ class BatchWriter:
         committed = time.perf_counter()
         metrics.WRITER_BATCH_SIZE.observe(len(unique))
         metrics.WRITER_BATCH_SECONDS.observe(committed - started)
-        return _Stored(unique, results, followers, committed)
 
-    async def answer(self, stored: "_Stored") -> None:
-        """Acks and fans out a stored batch, in its order."""
-        committed = stored.committed
-        for n, (item, result) in enumerate(zip(stored.items, stored.results, strict=False),
-                                           start=1):
+        for n, (item, result) in enumerate(zip(unique, results, strict=False), start=1):
             metrics.SEND_TO_COMMIT.observe(committed - item.received_at)
             self._finish(item, result, committed)
             if n % YIELD_EVERY_SENDS == 0:
                 # A large batch (BESEDA_WRITER_MAX_BATCH raised) is thousands of
                 # frames: fan it out in slices so other lanes' acks and the socket
-                # reads are not held up. The lane answers its next batch only after
-                # this whole fan-out, so a chat's messages still go out in seq order.
+                # reads are not held up. This lane takes its next batch only after the
+                # whole fan-out, so a chat's messages still go out in seq order.
+                # (Sending the next batch before this fan-out was tried once and not
+                # kept: at 7,800 msgs/s in chats of 2 the acks fell further behind, in
+                # probes too noisy at that rate to say by how much.)
                 await asyncio.sleep(0)
-        for item, at in stored.followers:
-            res = stored.results[at]
-            if res.message is None:
-                # The first send of this key stored nothing (refused, or failed): this
-                # one is a send of its own (a corrected retry), not a repeat of a stored
-                # message, so it goes first into the next batch and gets its own answer.
-                lane = self._lanes[item.row.chat_id % len(self._lanes)]
-                lane.queue.appendleft(item)
-                metrics.WRITER_QUEUE.inc()
-                lane.wakeup.set()
-                continue
-            res = SendResult(message=res.message, duplicate=True, members=[])
-            self._finish(item, res, committed)
+        # A follower whose first stored nothing (refused, or failed) is a send of its
+        # own (a corrected retry), not a repeat of a stored message: it goes first into
+        # the next batch and gets its own answer.
+        again = [item for item, at in followers if results[at].message is None]
+        if again:
+            self._requeue(lane, again)
+        for item, at in followers:
+            res = results[at]
+            if res.message is not None:
+                self._finish(item, SendResult(message=res.message, duplicate=True, members=[]),
+                             committed)
 
     @staticmethod
     def _finish(item: PendingSend, result: SendResult, committed: float) -> None:
