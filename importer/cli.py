@@ -142,7 +142,8 @@ def listing_fingerprint(export: Export) -> tuple[int, str]:
     h = hashlib.sha256()
     for path in page_files(export.root / "conversations"):
         try:
-            h.update(path.read_bytes())
+            with open(path, "rb") as f:
+                h.update(f.read())
         except OSError:
             continue
     return export.count_conversations(), h.hexdigest()[:32]

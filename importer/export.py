@@ -192,19 +192,27 @@ def attachment_type(content_type: str) -> str:
     return "file"
 
 
-def page_files(folder: Path) -> list[Path]:
-    """`page-N.json` files of a list, in page order (numeric, not lexical)."""
+def page_files(folder: str | Path) -> list[str]:
+    """`page-N.json` files of a list, in page order (numeric, not lexical). Paths are
+    plain strings: a conversation takes a handful of them, and pathlib's objects cost
+    more than the reading they lead to."""
     try:
         names = os.listdir(folder)
     except OSError:
         return []
+    folder = os.fspath(folder)
     found = []
     for name in names:
         m = _PAGE_NAME.match(name)
         if m:
-            found.append((int(m.group(1)), folder / name))
+            found.append((int(m.group(1)), os.path.join(folder, name)))
     found.sort()
     return [p for _, p in found]
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 # ---------------------------------------------------------------------------------
@@ -229,9 +237,9 @@ class MessagePlan(msgspec.Struct, gc=False):
     index: int
     user_id: int | None
     type: str
-    content: str
+    content: bytes  # JSON, UTF-8: msgspec's output as the COPY sends it
     lang: str | None
-    metadata: str
+    metadata: bytes  # JSON, UTF-8
     created_at: datetime
     edited_at: datetime | None
     updated_at: datetime
@@ -286,6 +294,7 @@ class Export:
         self, root: Path, users_csv: Path, orders_csv: Path, default_lang: str = "ru"
     ) -> None:
         self.root = Path(root)
+        self._conversations_dir = os.path.join(self.root, "conversations")
         self.users_csv = Path(users_csv)
         self.orders_csv = Path(orders_csv)
         self.default_lang = default_lang
@@ -374,10 +383,10 @@ class Export:
                 self.admin_roles.add(item["sid"])
 
     # ---- pages -----------------------------------------------------------------
-    def _read_page(self, path: Path, key: str) -> list[Any]:
+    def _read_page(self, path: str, key: str) -> list[Any]:
         """Items of one list page; an unreadable page is counted and yields nothing."""
         try:
-            data = path.read_bytes()
+            data = _read_bytes(path)
         except OSError:
             self._bad_page(path, "unreadable")
             return []
@@ -395,20 +404,20 @@ class Export:
             return []
         return items
 
-    def _bad_page(self, path: Path, why: str) -> None:
+    def _bad_page(self, path: str, why: str) -> None:
         self.stats["bad_pages"] += 1
-        self.issues.append({"kind": "bad_page", "path": str(path.relative_to(self.root)),
+        self.issues.append({"kind": "bad_page", "path": os.path.relpath(path, self.root),
                             "reason": why})
 
-    def _list_items(self, folder: Path, key: str) -> Iterator[Any]:
+    def _list_items(self, folder: str | Path, key: str) -> Iterator[Any]:
         for path in page_files(folder):
             yield from self._read_page(path, key)
 
-    def _message_records(self, folder: Path, plan_stats: Counter[str]) -> list[MessageRec]:
+    def _message_records(self, folder: str, plan_stats: Counter[str]) -> list[MessageRec]:
         out: list[MessageRec] = []
         for path in page_files(folder):
             try:
-                data = path.read_bytes()
+                data = _read_bytes(path)
             except OSError:
                 self._bad_page(path, "unreadable")
                 continue
@@ -435,9 +444,9 @@ class Export:
         """
         first: dict[str, int] = {}
         pos = 0
-        for path in page_files(self.root / "conversations"):
+        for path in page_files(self._conversations_dir):
             try:
-                data = path.read_bytes()
+                data = _read_bytes(path)
             except OSError:
                 continue  # _read_page yields nothing for it either
             try:
@@ -464,7 +473,7 @@ class Export:
         first = self._first or {}
         pos = 0
         stats: Counter[str] = self.stats if count else Counter()
-        for path in page_files(self.root / "conversations"):
+        for path in page_files(self._conversations_dir):
             if count:
                 items = self._read_page(path, "conversations")
             else:
@@ -493,14 +502,15 @@ class Export:
     def signature(self, record: dict[str, Any]) -> str:
         """Cheap fingerprint of one conversation: its record and its page files' stat."""
         h = hashlib.sha256(_encoder.encode(record))
-        base = self.root / "conversations" / record["sid"]
+        base = os.path.join(self._conversations_dir, record["sid"])
         for sub in ("participants", "messages"):
-            for path in page_files(base / sub):
+            for path in page_files(os.path.join(base, sub)):
                 try:
-                    st = path.stat()
+                    st = os.stat(path)
                 except OSError:
                     continue
-                h.update(f"{sub}/{path.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+                name = os.path.basename(path)
+                h.update(f"{sub}/{name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
         return h.hexdigest()
 
     def plan(self, conv: dict[str, Any], signature: str) -> ConversationPlan:
@@ -509,10 +519,11 @@ class Export:
         st: Counter[str] = Counter()
         unknown: set[str] = set()
         issues: list[dict[str, str]] = []
-        base = self.root / "conversations" / sid
+        base = os.path.join(self._conversations_dir, sid)
 
         # ---- participants
-        listed = [p for p in self._list_items(base / "participants", "participants")
+        listed = [p for p in self._list_items(os.path.join(base, "participants"),
+                                              "participants")
                   if isinstance(p, dict)]
         st["participant_records"] += len(listed)
         owner_pos = None
@@ -546,7 +557,7 @@ class Export:
             parts_raw.append((p, self.users[ident][0], role))
 
         # ---- messages: de-duplicate by sid (greatest date_updated, later on a tie)
-        records = self._message_records(base / "messages", st)
+        records = self._message_records(os.path.join(base, "messages"), st)
         st["message_records_in_pages"] += len(records)
         indices = [r.index for r in records]
         if len({r.sid for r in records}) == len(records) and indices == sorted(indices):
@@ -699,7 +710,7 @@ class Export:
                 body = str(body)
             if not body:
                 st["messages_empty_body"] += 1
-                content, lang = "{}", None
+                content, lang = b"{}", None
             else:
                 if "\x00" in body:
                     st["bodies_with_nul_char"] += 1
@@ -718,7 +729,7 @@ class Export:
                 if nbytes > max_bytes:
                     max_bytes = nbytes
                 lang = detect(body, default_lang)
-                content = encode({lang: body}).decode("utf-8")
+                content = encode({lang: body})
 
             created = rec.date_created
             if created is None:
@@ -766,7 +777,7 @@ class Export:
                 tw["legacy_media"] = True
             append(MessagePlan(
                 sid, rec.index, user[0] if user else None, mtype, content, lang,
-                encode({"twilio": tw}).decode("utf-8"), created, edited, updated, media,
+                encode({"twilio": tw}), created, edited, updated, media,
                 reply_to, created_txt, edited_txt))
         if out:
             st["messages"] += len(out)
@@ -827,14 +838,14 @@ class Export:
     def count_receipts(self, sid: str) -> int:
         """Delivery receipts of one conversation (counted, not imported)."""
         n = 0
-        folder = self.root / "conversations" / sid / "messages"
+        folder = os.path.join(self._conversations_dir, sid, "messages")
         try:
             entries = list(os.scandir(folder))
         except OSError:
             return 0
         for entry in entries:
             if entry.is_dir():
-                n += sum(1 for _ in self._list_items(Path(entry.path) / "receipts",
+                n += sum(1 for _ in self._list_items(os.path.join(entry.path, "receipts"),
                                                      "delivery_receipts"))
         return n
 

@@ -42,15 +42,14 @@ def _classes() -> bytes:
 
 
 _CLASSES = _classes()
-# (lead byte, script, what counts among the sequences it starts)
-_EDGES = (
-    (b"\xc9", "lat", re.compile(rb"\xc9[\x80-\x8f]")),  # U+0240-U+024F of U+0240-U+027F
-    (b"\xd4", "cyr", re.compile(rb"\xd4[\x80-\xaf]")),  # U+0500-U+052F of U+0500-U+053F
-    (b"\xe3", "cjk", re.compile(rb"\xe3[\x81-\x83\x90-\xbf]")),  # U+3040-U+30FF, U+3400-
-    (b"\xef", "cjk", re.compile(rb"\xef[\xa4-\xab]")),  # U+F900-U+FAFF
-    (b"\xf0", "cjk",
-     re.compile(rb"\xf0(?:[\xa0-\xae]|\xaf[\x80-\xa7]|\xaf\xa8[\x80-\x9f])")),  # U+2xxxx
-)
+# The sequences that count, among those whose lead byte straddles a range's edge, in
+# one pattern (one pass over the bytes); the lead byte says which script a match is.
+_EDGES = re.compile(
+    rb"\xc9[\x80-\x8f]"  # U+0240-U+024F of U+0240-U+027F: Latin
+    rb"|\xd4[\x80-\xaf]"  # U+0500-U+052F of U+0500-U+053F: Cyrillic
+    rb"|\xe3[\x81-\x83\x90-\xbf]"  # U+3040-U+30FF, U+3400-: CJK
+    rb"|\xef[\xa4-\xab]"  # U+F900-U+FAFF: CJK
+    rb"|\xf0(?:[\xa0-\xae]|\xaf[\x80-\xa7]|\xaf\xa8[\x80-\x9f])")  # U+2xxxx: CJK
 _NOT_CJK_E4 = b"\xe4\xb7"  # U+4DC0-U+4DFF, Yijing hexagrams
 
 
@@ -66,20 +65,17 @@ def detect(text: str, default: str = "ru") -> str:
     if _NOT_CJK_E4 in b:
         cjk -= b.count(_NOT_CJK_E4)
     if b"E" in t:
-        for lead, script, seq in _EDGES:
-            if lead in b:
-                n = len(seq.findall(b))
-                if script == "cyr":
-                    cyr += n
-                elif script == "lat":
-                    lat += n
-                else:
-                    cjk += n
-    best = max(cyr, cjk, lat)
-    if best == 0:
-        return default
-    if cyr == best:
-        return "ru"
-    if cjk == best:
+        for m in _EDGES.findall(b):
+            lead = m[0]
+            if lead == 0xD4:
+                cyr += 1
+            elif lead == 0xC9:
+                lat += 1
+            else:
+                cjk += 1
+    # the most letters wins; on a tie Cyrillic, then CJK
+    if cyr >= cjk and cyr >= lat:
+        return "ru" if cyr else default
+    if cjk >= lat:
         return "zh"
     return "en"

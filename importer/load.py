@@ -307,9 +307,10 @@ class Loader:
         base = {r["id"]: (r["last_seq"] - per_chat[r["id"]][0] + 1,
                           r["rev"] - per_chat[r["id"]][1] + 1) for r in rows}
 
-        # one COPY text line a message (rows.MSG_COPY_COLUMNS)
-        lines: list[str] = []
-        add_line = lines.append
+        # one COPY text line a message (rows.MSG_COPY_COLUMNS), as bytes: the columns
+        # up to edited_at formatted, then the two JSON columns as msgspec made them
+        parts: list[bytes] = []
+        add = parts.append
         chunks: list[tuple[ChatState, list[Imported]]] = []
         atts: list[tuple[Any, ...]] = []
         replies: list[tuple[int, int | None]] = []  # (message id, target id)
@@ -343,16 +344,20 @@ class Loader:
                 if needs_escape(sid) is not None:
                     sid = text(sid)
                 content = m.content
-                if "\\" in content:
-                    content = content.replace("\\", "\\\\")
+                if b"\\" in content:
+                    content = content.replace(b"\\", b"\\\\")
                 meta = m.metadata
-                if "\\" in meta:
-                    meta = meta.replace("\\", "\\\\")
+                if b"\\" in meta:
+                    meta = meta.replace(b"\\", b"\\\\")
                 uid = m.user_id
                 lang = m.lang
-                add_line(f"{head}\t{NULL if uid is None else uid}\t{m.type}\t"
-                         f"{NULL if lang is None else text(lang)}\t{sid}\t{sid}\t"
-                         f"{m.created_txt}\t{m.edited_txt}\t{content}\t{meta}\n")
+                add(f"{head}\t{NULL if uid is None else uid}\t{m.type}\t"
+                    f"{NULL if lang is None else text(lang)}\t{sid}\t{sid}\t"
+                    f"{m.created_txt}\t{m.edited_txt}\t".encode())
+                add(content)
+                add(b"\t")
+                add(meta)
+                add(b"\n")
                 if m.media:
                     for item in m.media:
                         atts.append(self._attachment(mid, m, item))
@@ -363,8 +368,8 @@ class Loader:
         self.run["messages_appended_out_of_index_order"] += out_of_order
 
         with self._timed("copy_messages"):
-            rejected = await self._copy_messages(lines, new, ids, base) if lines else set()
-        del lines
+            rejected = await self._copy_messages(parts, new, ids, base) if parts else set()
+        del parts
         for st, imps in chunks:
             if not rejected:
                 st.imported.extend(imps)
@@ -406,13 +411,13 @@ class Loader:
         return (mid, m.user_id, item.att_type, item.content_type, item.size, item.filename,
                 key, status, item.metadata, m.created_at, item.sid or None)
 
-    async def _copy_messages(self, lines: list[str],
+    async def _copy_messages(self, parts: list[bytes],
                              new: list[tuple[WorkItem, list[MessagePlan]]], ids: list[int],
                              after: dict[int, tuple[int, int]]) -> set[int]:
-        """COPY the batch's new messages (`lines`, in the order of `new` and `ids`);
-        if that fails, insert them one by one and return the ids rejected."""
+        """COPY the batch's new messages (the lines' `parts`, in the order of `new` and
+        `ids`); if that fails, insert them one by one and return the ids rejected."""
         try:
-            data = "".join(lines).encode("utf-8")
+            data = b"".join(parts)
             async with self.conn.transaction():
                 await self.conn.copy_to_table(
                     "messages", source=memoryview(data), columns=MSG_COPY_COLUMNS,
@@ -441,7 +446,8 @@ class Loader:
                 reply = (st.by_index.get(m.reply_to_index)
                          if m.reply_to_index is not None else None)
                 records.append((ids[pos], st.chat_id, seq, rev, rev, m.user_id, m.type,
-                                m.content, m.lang, m.metadata, m.sid, m.created_at,
+                                m.content.decode(), m.lang, m.metadata.decode(), m.sid,
+                                m.created_at,
                                 m.edited_at, m.sid, reply))
                 pos += 1
                 seq += 1
@@ -515,9 +521,9 @@ class Loader:
             _seq, rev = base[st.chat_id]
             base[st.chat_id] = (_seq, rev + 1)
             ids.append(mid)
-            contents.append(m.content)
+            contents.append(m.content.decode())
             langs.append(m.lang)
-            metas.append(m.metadata)
+            metas.append(m.metadata.decode())
             edited.append(m.edited_at)
             revs.append(rev)
             st.existing[m.sid] = (mid, m.updated_at)

@@ -2,15 +2,16 @@
 
 asyncpg's `copy_records_to_table` sends every field of every tuple through its
 codec for the column (binary format), a few microseconds a message from Python.
-The importer writes `messages` as text lines instead, one f-string a row, and
+The importer writes `messages` as text lines instead, one f-string a row for the
+plain columns and the two JSON columns as the UTF-8 bytes msgspec encoded, and
 sends a batch as one buffer; the timestamps are text already (the export's own
-when it is in the canonical shape, else `ts`), and the JSON columns come from
-msgspec.
+when it is in the canonical shape, else `ts`).
 
 Text format: fields separated by a tab, rows ended by a newline, `\\N` for NULL; a
 backslash, tab, newline or carriage return inside a value is escaped with a
 backslash. JSON made by msgspec never holds a raw control character (the encoder
-escapes them), so only its backslashes are doubled.
+escapes them), so only its backslashes are doubled (load.Loader does it on the
+bytes).
 """
 
 from __future__ import annotations
@@ -43,11 +44,6 @@ def text(s: str | None) -> str:
     if _SPECIAL.search(s) is None:
         return s
     return _SPECIAL.sub(_escape_match, s)
-
-
-def json_text(s: str) -> str:
-    """JSON made by msgspec (no raw control characters): only backslashes to double."""
-    return s.replace("\\", "\\\\") if "\\" in s else s
 
 
 def ts(t: datetime | None) -> str:

@@ -111,7 +111,9 @@ async def test_broken_pages_and_records_are_counted(fresh_db: str, tmp_path: Pat
     assert report["other_counts"]["invalid_message_records"] == 2
     assert report["other_counts"]["invalid_conversation_records"] == 1
     assert report["counts"]["messages"] == 98
-    assert any(i["kind"] == "bad_page" for i in report["issues"])
+    assert [i for i in report["issues"] if i["kind"] == "bad_page"] == [
+        {"kind": "bad_page", "path": f"conversations/{CH}/messages/page-00003.json",
+         "reason": "invalid JSON"}]
     conn = await asyncpg.connect(fresh_db)
     try:
         assert await conn.fetchval("SELECT count(*) FROM messages") == 98
