@@ -1,15 +1,18 @@
 """Importer benchmark: messages/s against a raw COPY of the same rows, and peak RSS.
 
     .venv/bin/pip install -e '.[bench]'
-    .venv/bin/python loadtests/import_bench.py --sizes 500x100,5000x100 [--seed 1]
-        [--work /tmp/beseda-import-bench] [--keep]
+    .venv/bin/python loadtests/import_bench.py --sizes 500x100,5000x100,50000x100@2
+        [--writers 2,1] [--seed 1] [--work /tmp/beseda-import-bench] [--keep]
 
 For each size (conversations x messages per conversation) it generates an export with
 ../shared/fixtures/make_twilio_export.py, imports it into a new database of its own
 embedded PostgreSQL (loopback, temporary folder) with `python -m importer` as a child
 process whose RSS it samples every 20 ms, then times a plain COPY of the very rows the
 importer wrote (messages and message_attachments) into empty tables without indexes
-in the same cluster. It also times a second run of the importer (nothing to do).
+in the same cluster (three times: the median is the baseline). Every timed phase
+starts after a CHECKPOINT, so that no phase pays for the WAL of the one before it.
+It also times a second run of the importer (nothing to do). `SIZE@W` runs that size
+with writer counts W (for example `50000x100@2`) instead of --writers.
 Writes loadtests/reports/import.md and import.json; removes the exports unless --keep.
 """
 
@@ -57,9 +60,21 @@ def generate(out: Path, n: int, m: int, seed: int) -> float:
     return time.monotonic() - t0
 
 
-def run_importer(export: Path, dsn: str, data: Path, report: Path,
-                 writers: int, *extra: str) -> dict[str, Any]:
+async def checkpoint(dsn: str) -> None:
+    """Flush what earlier phases left dirty, so that the next timed phase starts from
+    the same state (without it the raw COPY's time varied 1.9 to 3.5 s between runs of
+    the same rows, by whether it met a checkpoint)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+
+
+async def run_importer(export: Path, dsn: str, data: Path, report: Path,
+                       writers: int, *extra: str) -> dict[str, Any]:
     """Run the importer as a child; wall time and peak RSS sampled with psutil."""
+    await checkpoint(dsn)
     cmd = [sys.executable, "-m", "importer", str(export), "--database-url", dsn,
            "--data-dir", str(data), "--progress", "lines", "--progress-every", "30",
            "--report", str(report), "--writers", str(writers), *extra]
@@ -81,7 +96,7 @@ def run_importer(export: Path, dsn: str, data: Path, report: Path,
             samples += 1
         except psutil.Error:
             pass
-        time.sleep(0.02)
+        await asyncio.sleep(0.02)
     wall = time.monotonic() - t0
     if proc.returncode != 0:
         raise SystemExit(f"importer failed with {proc.returncode}")
@@ -95,23 +110,32 @@ def run_importer(export: Path, dsn: str, data: Path, report: Path,
             or rep["run"]["messages_inserted"] == 0}
 
 
+RAW_RUNS = 3
+
+
 async def raw_copy(dsn: str) -> dict[str, Any]:
-    """COPY the importer's own rows into empty, index-free tables; time only the COPY."""
+    """COPY the importer's own rows into empty, index-free tables; time only the COPY.
+    Three runs, each after a CHECKPOINT; the median is the baseline."""
     conn = await asyncpg.connect(dsn)
     try:
         msgs = [tuple(r) for r in await conn.fetch(
             f"SELECT {', '.join(MSG_COLUMNS)} FROM messages ORDER BY id")]
         atts = [tuple(r) for r in await conn.fetch(
             f"SELECT id, {', '.join(ATT_COLUMNS)} FROM message_attachments ORDER BY id")]
-        await conn.execute("CREATE TABLE raw_messages (LIKE messages)")
-        await conn.execute("CREATE TABLE raw_attachments (LIKE message_attachments)")
-        t0 = time.monotonic()
-        async with conn.transaction():
-            await conn.copy_records_to_table("raw_messages", records=msgs, columns=MSG_COLUMNS)
-            await conn.copy_records_to_table("raw_attachments", records=atts,
-                                             columns=("id", *ATT_COLUMNS))
-        seconds = time.monotonic() - t0
-        await conn.execute("DROP TABLE raw_messages; DROP TABLE raw_attachments")
+        runs = []
+        for _ in range(RAW_RUNS):
+            await conn.execute("CREATE TABLE raw_messages (LIKE messages)")
+            await conn.execute("CREATE TABLE raw_attachments (LIKE message_attachments)")
+            await conn.execute("CHECKPOINT")
+            t0 = time.monotonic()
+            async with conn.transaction():
+                await conn.copy_records_to_table("raw_messages", records=msgs,
+                                                 columns=MSG_COLUMNS)
+                await conn.copy_records_to_table("raw_attachments", records=atts,
+                                                 columns=("id", *ATT_COLUMNS))
+            runs.append(time.monotonic() - t0)
+            await conn.execute("DROP TABLE raw_messages; DROP TABLE raw_attachments")
+        seconds = sorted(runs)[len(runs) // 2]
         # the floor for our schema: the same COPY into tables with messages' indexes and
         # foreign keys (what any live-safe load has to maintain), in 5,000-row COPYs
         await conn.execute(
@@ -122,6 +146,7 @@ async def raw_copy(dsn: str) -> dict[str, Any]:
             "FOREIGN KEY (message_id) REFERENCES idx_messages (id))")
 
         async def timed_copy() -> float:
+            await conn.execute("CHECKPOINT")
             t0 = time.monotonic()
             async with conn.transaction():
                 for i in range(0, len(msgs), 5000):
@@ -137,7 +162,8 @@ async def raw_copy(dsn: str) -> dict[str, Any]:
         await conn.execute("DROP TABLE idx_attachments; DROP TABLE idx_messages")
     finally:
         await conn.close()
-    return {"raw_s": round(seconds, 2), "raw_rows": len(msgs) + len(atts),
+    return {"raw_s": round(seconds, 2), "raw_runs_s": [round(x, 2) for x in runs],
+            "raw_rows": len(msgs) + len(atts),
             "raw_messages_per_s": round(len(msgs) / seconds),
             "indexed_copy_s": round(indexed, 2),
             "indexed_copy_messages_per_s": round(len(msgs) / indexed)}
@@ -148,6 +174,7 @@ async def index_for_search(dsn: str) -> dict[str, Any]:
     indexer, batches of 5,000): the time until every imported message is findable."""
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, init=Store.connection_init())
     try:
+        await checkpoint(dsn)
         t0 = time.monotonic()
         done = await SearchIndexer(Store(pool), batch=5000).drain()
         seconds = time.monotonic() - t0
@@ -168,17 +195,17 @@ async def bench_size(pg: EmbeddedPostgres, work: Path, n: int, m: int,
         await db.migrate(dsn)
         data = work / f"data-{n}x{m}"
         shutil.rmtree(data, ignore_errors=True)
-        first = run_importer(export, dsn, data, work / f"report-{n}x{m}.json", w)
+        first = await run_importer(export, dsn, data, work / f"report-{n}x{m}.json", w)
         search = await index_for_search(dsn)
-        again = run_importer(export, dsn, data, work / f"report-{n}x{m}-rerun.json", w)
+        again = await run_importer(export, dsn, data, work / f"report-{n}x{m}-rerun.json", w)
         raw = await raw_copy(dsn)
         # --bulk: the same export into another new database, indexes built at the end
         bulk_name = name + "_bulk"
         bulk_dsn = await db.recreate_database(pg.dsn, bulk_name)
         await db.migrate(bulk_dsn)
         shutil.rmtree(data, ignore_errors=True)
-        bulk = run_importer(export, bulk_dsn, data, work / f"report-{n}x{m}-bulk.json", w,
-                            "--bulk")
+        bulk = await run_importer(export, bulk_dsn, data, work / f"report-{n}x{m}-bulk.json",
+                                  w, "--bulk")
         assert bulk["messages"] == first["messages"], "bulk and live imports differ"
         bulk_rate = bulk["messages"] / bulk["import_s"]
         rate = first["messages"] / first["import_s"]
@@ -233,7 +260,8 @@ def write_report(results: list[dict[str, Any]], path_md: Path, note: str) -> Non
     bulk_lines = [
         "",
         "`--bulk` (a first import into a database no node serves; the secondary indexes "
-        "and keys of `messages` dropped for the load and built at the end), the same "
+        "and keys of `messages`, and the foreign key and plain index of "
+        "`message_attachments`, dropped for the load and built at the end), the same "
         "export into another new database in the same run:",
         "",
         "| size | writers | messages | bulk import s | of which load s | of which index "
@@ -261,7 +289,10 @@ def write_report(results: list[dict[str, Any]], path_md: Path, note: str) -> Non
         "horizons, progress rows); the process wall time is in the JSON.",
         "- *raw COPY*: the same message and attachment rows the importer wrote, already in "
         "memory, COPYed in one transaction into empty tables made with `LIKE` (no indexes, "
-        "no constraints): the floor for getting those bytes into PostgreSQL.",
+        "no constraints): the floor for getting those bytes into PostgreSQL; the median of "
+        "three runs (all three in the JSON).",
+        "- Every timed phase (each import, the raw and indexed COPYs, the search indexing) "
+        "starts after a CHECKPOINT.",
         "- *indexed COPY*: the same rows again, in 5,000-row COPYs, into tables that carry "
         "the indexes and foreign keys of `messages` / `message_attachments`: the floor for "
         "any load that keeps the live schema intact while `beseda serve` runs.",
@@ -289,7 +320,8 @@ async def main() -> None:
     ap.add_argument("--sizes", default="500x100,5000x100")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--writers", default="2",
-                    help="comma list of importer --writers values to run per size")
+                    help="comma list of importer --writers values to run per size "
+                         "(a size written SIZE@W1/W2 uses its own)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/beseda-import-bench"))
     ap.add_argument("--keep", action="store_true", help="keep exports and the cluster")
     ap.add_argument("--note", default="")
@@ -301,9 +333,11 @@ async def main() -> None:
     results = []
     try:
         for size in args.sizes.split(","):
+            size, _, own = size.partition("@")
             n, m = (int(x) for x in size.lower().split("x"))
+            writers = own.split("/") if own else args.writers.split(",")
             results += await bench_size(pg, args.work, n, m, args.seed,
-                                        [int(w) for w in args.writers.split(",")])
+                                        [int(w) for w in writers])
     finally:
         pg.stop()
         if not args.keep:
