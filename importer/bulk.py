@@ -169,8 +169,12 @@ async def rebuild(conns: list[asyncpg.Connection]) -> dict[str, float]:
     for r in rows:
         if r["kind"] == "foreign_key":
             await build(conns[0], r["name"], r["definition"])
-    # Statistics for the columns queries filter, join and sort on: the table has just
-    # grown from nothing, and a plan made from no statistics can be badly wrong. The
-    # two JSON columns (a third of the cost) are left to autovacuum's next analyze.
-    await conns[0].execute(await conns[0].fetchval(_ANALYZE_SQL))
+    await analyze(conns[0])
     return took
+
+
+async def analyze(conn: asyncpg.Connection) -> None:
+    """Statistics for the columns queries filter, join and sort on: the table has just
+    grown from nothing, and a plan made from no statistics can be badly wrong. The two
+    JSON columns (a third of the cost) are left to autovacuum's next analyze."""
+    await conn.execute(await conn.fetchval(_ANALYZE_SQL))

@@ -51,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
                     help="read and validate everything, print the report, write nothing")
     ap.add_argument("--report", type=Path,
                     help="write the JSON report here (default: under the data folder)")
-    ap.add_argument("--batch-messages", type=int, default=5000,
+    ap.add_argument("--batch-messages", type=_batch_messages, default=5000,
                     help="messages per transaction (default 5000)")
     ap.add_argument("--writers", type=_writers, default=2,
                     help="writers in parallel, each a process with its own connection "
@@ -72,6 +72,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 MAX_WRITERS = 16
+
+
+def _batch_messages(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError("at least 1")
+    return n
 
 
 def _writers(text: str) -> int:
@@ -268,6 +275,10 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
         t_load = time.monotonic() - t0
         if args.bulk:
             rebuilt = await bulk.rebuild([conn, *spare])
+        elif rebuilt:
+            # an earlier bulk run's indexes were built before this load: the statistics
+            # taken then describe the table without what was just written
+            await bulk.analyze(conn)
 
         path = args.report or settings.data_dir / "import-reports" / f"twilio-run-{run_id}.json"
         path.parent.mkdir(parents=True, exist_ok=True)

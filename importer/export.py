@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -38,13 +38,24 @@ _SAFE_SID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ORDER_UNIQUE = re.compile(r"^order-(\d+)(-fulfillment)?$")
 _GROUP_WORD = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 USER_ROLES = ("buyer", "client", "manager", "service")
+MAX_ID = 2**63 - 1  # ids are bigint
+
+
+def _id(text: str | None) -> int:
+    """A positive bigint id from CSV text; ValueError otherwise."""
+    value = int((text or "").strip())
+    if not 1 <= value <= MAX_ID:
+        raise ValueError("id out of range")
+    return value
 
 
 class MessageRec(msgspec.Struct, kw_only=True):
     """One Twilio Message as the fast path decodes it; unknown fields are ignored."""
 
     sid: str
-    index: int
+    # a position: 0 or more, and within bigint (a page with any other value takes the
+    # lenient path, which counts and lists that record as invalid)
+    index: Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)]
     author: str | None = None
     body: str | None = None
     media: Any = None
@@ -131,11 +142,14 @@ def no_nul(s: str) -> str:
 
 
 def _fix_str(s: str) -> str:
-    s = no_nul(s)
+    return _fix_surrogates(no_nul(s))
+
+
+def _fix_surrogates(s: str) -> str:
     try:
         s.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates from a \ud800-style escape
-        s = s.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return s.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return s
 
 
@@ -323,32 +337,37 @@ class Export:
             for n, row in enumerate(csv.DictReader(f), start=2):
                 try:
                     ident = row["identity"]
-                    uid = int(row["user_id"])
-                except (KeyError, TypeError, ValueError):
+                    uid = _id(row["user_id"])
+                except (KeyError, TypeError, ValueError, AttributeError):
                     self.stats["users_csv_bad_rows"] += 1
                     self.issues.append({"kind": "users_csv_bad_row", "line": str(n)})
                     continue
                 role = (row.get("role") or "buyer").strip()
                 if role not in USER_ROLES:
+                    self.stats["users_csv_unknown_roles"] += 1
+                    self.issues.append({"kind": "users_csv_unknown_role", "line": str(n)})
                     role = "buyer"
+                if ident in self.users:  # the last row wins, as before
+                    self.stats["users_csv_duplicate_identities"] += 1
+                    self.issues.append({"kind": "users_csv_duplicate_identity",
+                                        "line": str(n)})
                 self.users[ident] = (uid, role)
         self.stats["users_csv_rows"] = len(self.users)
 
     def _load_orders_csv(self) -> None:
         def opt(v: str | None) -> int | None:
-            v = (v or "").strip()
-            return int(v) if v else None
+            return _id(v) if (v or "").strip() else None
 
         with open(self.orders_csv, encoding="utf-8", newline="") as f:
             for n, row in enumerate(csv.DictReader(f), start=2):
                 try:
                     order = (
-                        int(row["order_id"]),
+                        _id(row["order_id"]),
                         opt(row.get("buyer_id")),
                         opt(row.get("manager_id")),
                         opt(row.get("fulfillment_id")),
                     )
-                except (KeyError, TypeError, ValueError):
+                except (KeyError, TypeError, ValueError, AttributeError):
                     self.stats["orders_csv_bad_rows"] += 1
                     self.issues.append({"kind": "orders_csv_bad_row", "line": str(n)})
                     continue
@@ -383,8 +402,10 @@ class Export:
                 self.admin_roles.add(item["sid"])
 
     # ---- pages -----------------------------------------------------------------
-    def _read_page(self, path: str, key: str) -> list[Any]:
-        """Items of one list page; an unreadable page is counted and yields nothing."""
+    def _read_page(self, path: str, key: str, fix_strings: bool = True) -> list[Any]:
+        """Items of one list page; an unreadable page is counted and yields nothing.
+        Strings that PostgreSQL cannot store are fixed here (`clean`) unless the caller
+        does it field by field (`fix_strings` false), to count what it changes."""
         try:
             data = _read_bytes(path)
         except OSError:
@@ -394,7 +415,9 @@ class Export:
             doc = _any_decoder.decode(data)
         except msgspec.DecodeError:
             try:
-                doc = clean(json.loads(data))
+                doc = json.loads(data)
+                if fix_strings:
+                    doc = clean(doc)
             except ValueError:
                 self._bad_page(path, "invalid JSON")
                 return []
@@ -413,7 +436,8 @@ class Export:
         for path in page_files(folder):
             yield from self._read_page(path, key)
 
-    def _message_records(self, folder: str, plan_stats: Counter[str]) -> list[MessageRec]:
+    def _message_records(self, folder: str, plan_stats: Counter[str],
+                         issues: list[dict[str, str]]) -> list[MessageRec]:
         out: list[MessageRec] = []
         for path in page_files(folder):
             try:
@@ -422,15 +446,23 @@ class Export:
                 self._bad_page(path, "unreadable")
                 continue
             try:
-                out.extend(_with_dates(_msg_page_decoder.decode(data).messages))
+                recs = _with_dates(_msg_page_decoder.decode(data).messages)
+                if b"\\u0000" in data:  # a NUL may sit in a field other than a body
+                    for rec in recs:
+                        _fix_message_strings(rec, plan_stats, issues)
+                out.extend(recs)
                 continue
             except msgspec.DecodeError:
                 pass
-            for item in self._read_page(path, "messages"):
+            for k, item in enumerate(self._read_page(path, "messages", fix_strings=False)):
                 rec = _lenient_message(item)
                 if rec is None:
                     plan_stats["invalid_message_records"] += 1
+                    issues.append({"kind": "invalid_message_record",
+                                   "path": os.path.relpath(path, self.root),
+                                   "position": str(k)})
                 else:
+                    _fix_message_strings(rec, plan_stats, issues)
                     out.append(rec)
         return out
 
@@ -557,7 +589,7 @@ class Export:
             parts_raw.append((p, self.users[ident][0], role))
 
         # ---- messages: de-duplicate by sid (greatest date_updated, later on a tie)
-        records = self._message_records(os.path.join(base, "messages"), st)
+        records = self._message_records(os.path.join(base, "messages"), st, issues)
         st["message_records_in_pages"] += len(records)
         indices = [r.index for r in records]
         if len({r.sid for r in records}) == len(records) and indices == sorted(indices):
@@ -588,6 +620,9 @@ class Export:
         if indices:
             st["missing_indices_below_last"] += indices[-1] + 1 - len(set(indices))
         index_set = set(indices)
+        if len(index_set) < len(indices):  # two sids, one index: both are imported
+            st["duplicate_message_indices"] += len(indices) - len(index_set)
+            issues.append({"kind": "duplicate_message_index", "conversation": sid})
         for mp in messages:
             target = mp.reply_to_index
             if target is None:
@@ -892,6 +927,27 @@ def _media_items(rec: MessageRec) -> tuple[list[dict[str, Any]], bool]:
 
 
 _LENIENT_FIELDS = ("author", "body", "participant_sid", "content_sid")
+_FIXED_FIELDS = ("sid", "author", "participant_sid", "content_sid")
+
+
+def _fix_message_strings(rec: MessageRec, st: Counter[str],
+                         issues: list[dict[str, str]]) -> None:
+    """Makes a record's strings storable, counting and listing each field changed: a
+    NUL or a lone surrogate becomes U+FFFD. A body keeps its NULs here: the mapping
+    replaces and counts them (`bodies_with_nul_char`), as EXPECTED.md asks."""
+    changed = []
+    for name in _FIXED_FIELDS:
+        v = getattr(rec, name)
+        if v is not None and (fixed := _fix_str(v)) != v:
+            setattr(rec, name, fixed)
+            changed.append(name)
+    if rec.body is not None and (fixed := _fix_surrogates(rec.body)) != rec.body:
+        rec.body = fixed
+        changed.append("body")
+    for name in changed:
+        st["message_strings_rewritten"] += 1
+        issues.append({"kind": "string_rewritten", "resource": "message", "sid": rec.sid,
+                       "field": name})
 
 
 def _lenient_message(item: Any) -> MessageRec | None:
@@ -901,24 +957,33 @@ def _lenient_message(item: Any) -> MessageRec | None:
     sid, index = item.get("sid"), item.get("index")
     if not isinstance(sid, str) or not sid:
         return None
+    if isinstance(index, float) and not index.is_integer():
+        return None
     try:
         index = int(index)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if not 0 <= index <= MAX_ID:
         return None
     kw: dict[str, Any] = {}
     for name in _LENIENT_FIELDS:
         v = item.get(name)
-        kw[name] = None if v is None else _fix_str(v if isinstance(v, str) else str(v))
+        kw[name] = None if v is None else (v if isinstance(v, str) else str(v))
     for name in ("media_sid", "media_content_type", "media_filename",
                  "mediaSid", "mediaContentType", "mediaFilename"):
         v = item.get(name)
-        kw[name] = v if isinstance(v, str) else None
+        kw[name] = _fix_str(v) if isinstance(v, str) else None
     for name in ("media_size", "mediaSize"):
         v = item.get(name)
         kw[name] = v if isinstance(v, int) and not isinstance(v, bool) else None
+    attributes = item.get("attributes")
+    # a string is parsed later (and kept raw when it is not JSON): only what no parser
+    # can take, a lone surrogate, is replaced now
+    attributes = _fix_surrogates(attributes) if isinstance(attributes, str) else clean(
+        attributes)
     return MessageRec(
-        sid=_fix_str(sid), index=index, media=clean(item.get("media")),
-        attributes=item.get("attributes"), delivery=clean(item.get("delivery")),
+        sid=sid, index=index, media=clean(item.get("media")),
+        attributes=attributes, delivery=clean(item.get("delivery")),
         date_created=parse_ts(item.get("date_created")),
         date_updated=parse_ts(item.get("date_updated")), **kw,
     )

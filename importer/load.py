@@ -72,6 +72,16 @@ class WorkItem:
     last: bool
 
 
+def _rejected(st: ChatState, kind: str, sid: str, why: str, message_sid: str = "") -> None:
+    """A row the row-by-row fallback could not insert: logged with its sid, and listed
+    in the report's issues with its conversation's other findings."""
+    log.warning("import.%s sid=%s error=%s", kind, sid, why)
+    issue = {"kind": kind, "conversation": st.plan.sid, "sid": sid, "reason": why}
+    if message_sid:
+        issue["message_sid"] = message_sid
+    st.plan.issues.append(issue)
+
+
 class ImportBusy(Exception):
     """another importer holds the lock on this database"""
 
@@ -313,6 +323,7 @@ class Loader:
         add = parts.append
         chunks: list[tuple[ChatState, list[Imported]]] = []
         atts: list[tuple[Any, ...]] = []
+        owners: dict[int, tuple[ChatState, str]] = {}  # message id -> its chat, its sid
         replies: list[tuple[int, int | None]] = []  # (message id, target id)
         pos = 0
         out_of_order = 0
@@ -359,6 +370,7 @@ class Loader:
                 add(meta)
                 add(b"\n")
                 if m.media:
+                    owners[mid] = (st, m.sid)
                     for item in m.media:
                         atts.append(self._attachment(mid, m, item))
                 imps.append(Imported(index, mid, seq, m.created_at))
@@ -391,7 +403,7 @@ class Loader:
             await self._repair_last_message(chat_ids)
         if atts:
             with self._timed("copy_attachments"):
-                await self._copy_attachments(atts)
+                await self._copy_attachments(atts, owners)
         if updates:
             await self._update_messages(updates, base)
 
@@ -436,6 +448,7 @@ class Loader:
         # the rows again, as parameters: positions from the chats' counters after the
         # batch (`after`) counted back, reply targets from the chats' index maps
         records: list[tuple[Any, ...]] = []
+        chats: list[ChatState] = []
         pos = 0
         for w, fresh in new:
             st = w.state
@@ -449,6 +462,7 @@ class Loader:
                                 m.content.decode(), m.lang, m.metadata.decode(), m.sid,
                                 m.created_at,
                                 m.edited_at, m.sid, reply))
+                chats.append(st)
                 pos += 1
                 seq += 1
                 rev += 1
@@ -459,24 +473,25 @@ class Loader:
                "ON CONFLICT DO NOTHING RETURNING id), "
                "queued AS (INSERT INTO message_grams_queue (message_id) SELECT id FROM ins) "
                "SELECT id FROM ins")
-        for rec in records:
+        for rec, st in zip(records, chats, strict=True):
             if rec[REPLY_COL] in rejected:  # its target was rejected just before
                 rec = (*rec[:REPLY_COL], None, *rec[REPLY_COL + 1:])
             try:
                 async with self.conn.transaction():
                     got = await self.conn.fetchval(sql, *rec)
+                why = "duplicate key"  # when nothing was inserted
             except (asyncpg.PostgresError, ValueError, TypeError) as exc:
-                log.warning("import.message_rejected sid=%s error=%s", rec[10],
-                            type(exc).__name__)
-                got = None
+                got, why = None, type(exc).__name__
             if got is None:
                 rejected.add(rec[0])
                 self.run["messages_rejected"] += 1
+                _rejected(st, "message_rejected", rec[10], why)
             else:
                 self.run["messages_inserted"] += 1
         return rejected
 
-    async def _copy_attachments(self, atts: list[tuple[Any, ...]]) -> None:
+    async def _copy_attachments(self, atts: list[tuple[Any, ...]],
+                                owners: dict[int, tuple[ChatState, str]]) -> None:
         try:
             async with self.conn.transaction():
                 await self.conn.copy_records_to_table(
@@ -494,11 +509,13 @@ class Loader:
             try:
                 async with self.conn.transaction():
                     got = await self.conn.fetchval(sql, *rec)
-            except (asyncpg.PostgresError, ValueError, TypeError):
-                got = None
+                why = "duplicate key"
+            except (asyncpg.PostgresError, ValueError, TypeError) as exc:
+                got, why = None, type(exc).__name__
             if got is None:
                 self.run["attachments_rejected"] += 1
-                log.warning("import.attachment_rejected sid=%s", rec[10])
+                st, msg_sid = owners[rec[0]]
+                _rejected(st, "attachment_rejected", rec[10] or "", why, msg_sid)
             else:
                 self.run["attachments_inserted"] += 1
 

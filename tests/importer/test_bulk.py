@@ -106,9 +106,13 @@ async def test_a_media_sid_two_messages_share_is_refused_row_by_row_in_bulk(
     assert await cli.run_async(importer_argv(export, fresh_db, tmp_path / "d", "--bulk",
                                              "--writers", "1", "--report",
                                              str(report))) == 0
-    run = json.loads(report.read_text())["run"]
+    full = json.loads(report.read_text())
+    run = full["run"]
     assert run["messages_inserted"] == 4
     assert run["attachments_inserted"] == 2 and run["attachments_rejected"] == 1
+    assert [i for i in full["issues"] if i["kind"] == "attachment_rejected"] == [
+        {"kind": "attachment_rejected", "conversation": CH_A, "sid": shared["sid"],
+         "reason": "duplicate key", "message_sid": msgs[2]["sid"]}]
     assert await messages_schema(fresh_db) == schema
     conn = await asyncpg.connect(fresh_db)
     try:
@@ -182,6 +186,10 @@ async def test_killed_bulk_run_keeps_nodes_out_until_an_import_finishes_it(
     conn = await asyncpg.connect(fresh_db)
     try:
         assert await conn.fetchval("SELECT count(*) FROM import_deferred") == 0
+        # analyzed after the load, not only with the builds that came before it
+        assert await conn.fetchval(
+            "SELECT last_analyze >= (SELECT max(done_at) FROM import_conversations) "
+            "FROM pg_stat_user_tables WHERE relname = 'messages'")
         assert await logical_digest(conn) == want
         await check_database(conn, std_export, tmp_path / "data")
     finally:

@@ -133,8 +133,13 @@ async def test_a_failed_copy_inserts_the_same_rows_one_by_one(
     assert await cli.run_async(importer_argv(export, second_db, tmp_path / "d2",
                                              "--writers", "1", "--report", str(report))) == 0
     assert copy_failures.take() == 1
-    run = json.loads(report.read_text())["run"]
+    full = json.loads(report.read_text())
+    run = full["run"]
     assert run["messages_rejected"] == 1 and run["messages_inserted"] == n - 1
+    # the rejected message is named in the report, not only counted
+    assert [i for i in full["issues"] if i["kind"] == "message_rejected"] == [
+        {"kind": "message_rejected", "conversation": CH_A, "sid": _sid(4),
+         "reason": "duplicate key"}]
     assert run["replies_linked"] == 1 and run["replies_unlinked"] == 1
     fallback = await _rows(second_db)
     expected = {k: v for k, v in clean.items() if k != _sid(4)}

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import asyncpg
+import pytest
 from test_bc22 import CH, write_export
 
 from importer import cli
@@ -123,3 +124,72 @@ async def test_broken_pages_and_records_are_counted(fresh_db: str, tmp_path: Pat
         assert await conn.fetchval("SELECT last_seq FROM chats") == 98
     finally:
         await conn.close()
+
+
+async def test_rewritten_strings_odd_indices_and_bad_csv_rows_are_counted_and_listed(
+        fresh_db: str, tmp_path: Path) -> None:
+    """What a newcomer's attack found uncounted: a NUL or lone surrogate replaced in a
+    sid, author or body (on a page the fast decoder takes and on one it refuses), an
+    index below 0, beyond bigint or not whole, two sids sharing an index, and
+    users.csv / orders.csv rows with ids out of range, a repeated identity or an
+    unknown role. All are counted and listed; none stops the import."""
+    from test_fallback import CH_A, _msg, _page, _sid, write_export
+
+    ex = write_export(tmp_path / "ex", CH_A, [_msg(CH_A, i) for i in range(3)])
+    pages = ex / "conversations" / CH_A / "messages"
+    lenient = [_msg(CH_A, 3), _msg(CH_A, 4), _msg(CH_A, 5)]
+    lenient[0]["body"] = "real \x00 NUL"
+    lenient[1]["body"] = "lone \ud800 surrogate"
+    lenient[2]["author"] = "\udc00auth"
+    bad = [{**_msg(CH_A, 6), "index": -1}, {**_msg(CH_A, 7), "index": 2**63 + 5},
+           {**_msg(CH_A, 8), "index": 1e300}, {**_msg(CH_A, 9), "index": "7x"}]
+    # JSON escapes (\ud800 cannot be written as UTF-8): the fast decoder refuses it
+    (pages / "page-00002.json").write_text(
+        json.dumps({"messages": lenient + bad, "meta": {}}), encoding="utf-8")
+    fast = [{**_msg(CH_A, 10), "sid": "IM\x00nul"}, {**_msg(CH_A, 11), "index": 10}]
+    _page(pages / "page-00003.json", "messages", fast)
+    (ex / "users.csv").write_text(
+        "identity,user_id,role\nu_1,31,buyer\nu_2,32,manager\nu_2,33,manager\n"
+        "huge,99999999999999999999999,buyer\nneg,-5,buyer\nodd,34,superadmin\n",
+        encoding="utf-8")
+    (ex / "orders.csv").write_text(
+        "order_id,buyer_id,manager_id,fulfillment_id\n999999999999999999999,31,32,\n"
+        "7,31,32,\n", encoding="utf-8")
+    out = tmp_path / "r.json"
+    assert await cli.run_async(["--database-url", fresh_db, "--data-dir", str(tmp_path / "d"),
+                                "--progress", "none", "--report", str(out), str(ex)]) == 0
+    report = json.loads(out.read_text())
+    other, counts = report["other_counts"], report["counts"]
+    assert counts["bodies_with_nul_char"] == 1  # counted on the refused page too
+    assert other["message_strings_rewritten"] == 3
+    rewritten = sorted((i["sid"], i["field"]) for i in report["issues"]
+                       if i["kind"] == "string_rewritten")
+    assert rewritten == sorted([(_sid(4), "body"), (_sid(5), "author"),
+                                ("IM\ufffdnul", "sid")])
+    assert other["invalid_message_records"] == 4
+    assert sum(i["kind"] == "invalid_message_record" for i in report["issues"]) == 4
+    assert other["duplicate_message_indices"] == 1
+    assert other["users_csv_bad_rows"] == 2 and other["orders_csv_bad_rows"] == 1
+    assert other["users_csv_duplicate_identities"] == 1
+    assert other["users_csv_unknown_roles"] == 1
+    assert counts["messages"] == report["run"]["messages_inserted"] == 8
+    conn = await asyncpg.connect(fresh_db)
+    try:
+        stored = {r["external_id"]: r for r in await conn.fetch(
+            "SELECT external_id, content->>'en' AS en, content->>'ru' AS ru, user_id, "
+            "metadata #>> '{twilio,author}' AS author FROM messages")}
+        assert set(stored) == {_sid(i) for i in range(6)} | {"IM\ufffdnul", _sid(11)}
+        assert "real \ufffd NUL" in (stored[_sid(3)]["en"], stored[_sid(3)]["ru"])
+        assert stored[_sid(5)]["author"] == "\ufffdauth"
+        # the repeated identity's last row wins; out-of-range ids never reach the table
+        assert [r["id"] for r in await conn.fetch("SELECT id FROM users ORDER BY id")] \
+            == [31, 33, 34]
+        assert await conn.fetchval("SELECT count(*) FROM orders") == 1
+    finally:
+        await conn.close()
+
+
+def test_batch_messages_must_be_positive() -> None:
+    for bad in ("0", "-5"):
+        with pytest.raises(SystemExit):
+            cli.parser().parse_args(["ex", "--batch-messages", bad])
