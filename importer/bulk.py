@@ -10,11 +10,13 @@ cost a fraction of the same rows kept indexed one by one. So a bulk run:
    behind pgbouncer holds no such lock, so connections named `beseda` are refused
    too);
 2. drops the unique constraints, plain indexes and foreign keys of `messages` (the
-   primary key stays: attachments, replies and chats point at it), recording in
+   primary key stays: attachments, replies and chats point at it) and the foreign key
+   and plain index of `message_attachments` (DEFERRED_TABLES), recording in
    `import_deferred`, in the same transaction, the statement that builds each again;
 3. imports as usual (progress rows, resumable, idempotent);
 4. builds everything back, each in a transaction that also deletes its row, then
-   ANALYZEs the table.
+   ANALYZEs `messages` (a later plain run that finds rows left in `import_deferred`
+   builds them before its load and analyzes again after it).
 
 While `import_deferred` has rows, nodes refuse to start (db.NodePresence)
 and any later run of the importer, bulk or not, builds them before it writes. A kill

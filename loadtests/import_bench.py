@@ -286,8 +286,9 @@ def write_report(results: list[dict[str, Any]], path_md: Path, note: str) -> Non
         "`message_attachments`, dropped for the load and built at the end), the same "
         "export into another new database in the same run:",
         "",
-        "| size | writers | messages | bulk import s | of which load s | of which index "
-        "builds s | bulk msg/s | raw COPY msg/s | raw / bulk | peak RSS MB |",
+        "| size | writers | messages | bulk import s | of which load s | index builds s "
+        "(summed over the connections) | bulk msg/s | raw COPY msg/s | raw / bulk "
+        "| peak RSS MB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
