@@ -49,6 +49,9 @@ async def test_migrate_and_chat_create_against_database_url(fresh_db, tmp_path):
     env = {"DATABASE_URL": fresh_db, "BESEDA_DATA_DIR": str(tmp_path)}
     out = _beseda(["migrate"], env)
     assert out.returncode == 0 and "up to date" in out.stdout, out.stderr
+    # the same with the overrides instead of the environment (as import-twilio takes)
+    out = _beseda(["migrate", "--database-url", fresh_db, "--data-dir", str(tmp_path)], {})
+    assert out.returncode == 0 and "up to date" in out.stdout, out.stderr
     out = _beseda(
         ["chat", "create", "--group", "order", "--type", "private", "--name", "Заказ 7",
          "--users", "10:owner,11:member", "--order-id", "7"], env,

@@ -9,6 +9,7 @@ import json
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from . import db
@@ -22,10 +23,12 @@ log = logging.getLogger("wsserver.cli")
 def _settings(args: argparse.Namespace) -> Settings:
     s = Settings.from_env()
     changes: dict[str, Any] = {}
-    for name in ("host", "ws_port", "http_port"):
+    for name in ("host", "ws_port", "http_port", "database_url"):
         value = getattr(args, name, None)
         if value is not None:
             changes[name] = value
+    if getattr(args, "data_dir", None) is not None:
+        changes["data_dir"] = Path(args.data_dir)
     return s.with_(**changes) if changes else s
 
 
@@ -134,13 +137,18 @@ async def _chat_create(settings: Settings, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="beseda", description="Beseda chat server")
     sub = p.add_subparsers(dest="command", required=True)
+    # the same two overrides `import-twilio` takes, for every command with a database
+    db = argparse.ArgumentParser(add_help=False)
+    db.add_argument("--database-url", help="overrides DATABASE_URL")
+    db.add_argument("--data-dir", help="overrides BESEDA_DATA_DIR")
 
-    sp = sub.add_parser("serve", help="run the WebSocket server and the HTTP adapter")
+    sp = sub.add_parser("serve", parents=[db],
+                        help="run the WebSocket server and the HTTP adapter")
     sp.add_argument("--host")
     sp.add_argument("--ws-port", type=int)
     sp.add_argument("--http-port", type=int)
 
-    sub.add_parser("migrate", help="apply pending migrations and exit")
+    sub.add_parser("migrate", parents=[db], help="apply pending migrations and exit")
 
     tp = sub.add_parser("token", help="print a dev JWT signed with the configured key")
     tp.add_argument("--sub", required=True)
@@ -150,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cp = sub.add_parser("chat", help="chat administration")
     csub = cp.add_subparsers(dest="chat_command", required=True)
-    cc = csub.add_parser("create", help="create a chat and print it as JSON")
+    cc = csub.add_parser("create", parents=[db], help="create a chat and print it as JSON")
     cc.add_argument("--group", required=True)
     cc.add_argument("--type", required=True, choices=["private", "group"])
     cc.add_argument("--name")
