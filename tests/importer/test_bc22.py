@@ -106,15 +106,21 @@ def write_export(root: Path, lo: int, hi: int, updated: str) -> Path:
     return root
 
 
+# E2's end: long enough that a kill sent on an early progress line lands mid-run
+# (with 100 here, a faster writer once finished all its 2-message transactions first)
+HI = 1050
+
+
 async def test_overlapping_exports_give_each_message_once(fresh_db: str, tmp_path: Path) -> None:
-    """E1 (0..99), E2 (50..149, killed once), E1: 150 messages, seq 1..150, sids once."""
+    """E1 (0..99), E2 (50..HI-1, killed once), E1: HI messages, seq 1..HI, sids once."""
     e1 = write_export(tmp_path / "e1", 0, 100, "2024-10-27T02:00:00Z")
-    e2 = write_export(tmp_path / "e2", 50, 150, "2024-10-27T03:00:00Z")
+    e2 = write_export(tmp_path / "e2", 50, HI, "2024-10-27T03:00:00Z")
     data = tmp_path / "data"
     assert await cli.run_async(importer_argv(e1, fresh_db, data)) == 0
 
-    # killed after E2's first 60 messages (50 of them already imported), with 20 small
-    # transactions still to go: the writer runs ahead of the progress lines it sends
+    # killed after E2's first 60 messages (50 of them already imported), with some 490
+    # small transactions still to go: the writer runs ahead of the progress lines it
+    # sends, but not by that much
     cmd = importer_cmd(e2, data, "--batch-messages", "2")
     proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(fresh_db),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -130,7 +136,7 @@ async def test_overlapping_exports_give_each_message_once(fresh_db: str, tmp_pat
     conn = await asyncpg.connect(fresh_db)
     try:
         partial = await conn.fetchval("SELECT count(*) FROM messages")
-        assert 100 < partial < 150
+        assert 100 < partial < HI
         assert await cli.run_async(importer_argv(e2, fresh_db, data)) == 0
         assert await cli.run_async(importer_argv(e1, fresh_db, data)) == 0
 
@@ -138,11 +144,11 @@ async def test_overlapping_exports_give_each_message_once(fresh_db: str, tmp_pat
             """SELECT m.id, m.seq, m.rev, m.type, m.content::text AS content,
                       m.metadata::text AS metadata, m.external_id, m.message_key
                FROM messages m ORDER BY m.seq""")
-        assert len(rows) == 150
-        assert [r["seq"] for r in rows] == list(range(1, 151))
+        assert len(rows) == HI
+        assert [r["seq"] for r in rows] == list(range(1, HI + 1))
         metas = [json.loads(r["metadata"])["twilio"] for r in rows]
-        assert [m["index"] for m in metas] == list(range(150))
-        assert len({r["external_id"] for r in rows}) == 150
+        assert [m["index"] for m in metas] == list(range(HI))
+        assert len({r["external_id"] for r in rows}) == HI
         assert all(r["external_id"] == r["message_key"] == sid("IM", i)
                    for i, r in enumerate(rows))
         for i, (r, meta) in enumerate(zip(rows, metas, strict=False)):
@@ -157,17 +163,17 @@ async def test_overlapping_exports_give_each_message_once(fresh_db: str, tmp_pat
             assert n_att == {1: 2, 2: 1, 3: 1, 4: 1}.get(kind, 0), i
             assert r["type"] == {1: "image", 2: "audio", 3: "image", 4: "file"}.get(kind, "text")
         chat = await conn.fetchrow("SELECT * FROM chats")
-        assert chat["last_seq"] == 150 and chat["rev"] == 150
+        assert chat["last_seq"] == HI and chat["rev"] == HI
         assert chat["order_id"] == 42
         assert chat["last_message_id"] == rows[-1]["id"]
         assert json.loads(chat["metadata"])["twilio"]["attributes"] == {"order_id": "42"}
         horizons = {r["user_id"]: r["last_read_seq"] for r in await conn.fetch(
             "SELECT user_id, last_read_seq FROM chat_participants")}
-        assert horizons == {12: 150, 11: 150}
+        assert horizons == {12: HI, 11: HI}
         assert await conn.fetchval("SELECT count(*) FROM chat_events") == 0
         legacy = await conn.fetchval(
             "SELECT count(*) FROM messages WHERE metadata #> '{twilio,legacy_media}' = 'true'")
-        assert legacy == 12  # kinds 2 and 3, six times each in 0..149
+        assert legacy == 2 * HI // 25  # kinds 2 and 3, once each in 25
         stored = await conn.fetchrow(
             "SELECT storage_key, size FROM message_attachments WHERE status = 'stored'")
         assert (data / "attachments" / stored["storage_key"]).read_bytes().startswith(b"\x89PNG")
