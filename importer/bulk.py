@@ -23,10 +23,11 @@ and any later run of the importer, bulk or not, builds them before it writes. A 
 at any point therefore leaves either the old schema or rows that say what is missing.
 
 What the dropped keys would have caught row by row, the builds catch at the end: a
-message id (`external_id`) or `(chat_id, message_key)` seen twice. The importer's own
-bookkeeping never writes such a pair (messages are de-duplicated by sid before they
-are planned, `seq` comes from the chats' counters), so a failed build is a bug or a
-hand-edited database: the run stops with the failing statement and its row stays.
+`(chat_id, seq)` or `(chat_id, message_key)` seen twice. The importer's own
+bookkeeping never writes such a pair (messages are de-duplicated by sid within a
+conversation before they are planned, `seq` comes from the chats' counters), so a
+failed build is a bug or a hand-edited database: the run stops with the failing
+statement and its row stays. The key across chats, `external_id`, stays live (KEPT).
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ KIND_ORDER = {"unique": 0, "index": 1, "foreign_key": 2}
 # Those of message_attachments stay: a media sid that two messages of an export share
 # is refused row by row, exactly as in a live-safe run, instead of failing the build.
 DEFERRED_TABLES = (("messages", True), ("message_attachments", False))
+# Kept all the same: the one key of messages that spans chats. Sids are unique within a
+# conversation once de-duplicated, but nothing rules out one sid in two conversations
+# of an export; with this index live, the second is refused row by row and counted,
+# as without --bulk, instead of failing the final build (a newcomer's attack).
+KEPT = frozenset({"messages_external_idx"})
 
 # Foreign keys (and unique constraints, when $2) of table $1, and its indexes that back
 # no constraint of it (unique ones only when $2); never the primary key.
@@ -121,7 +127,8 @@ async def defer(conn: asyncpg.Connection) -> list[str]:
         await conn.execute("LOCK TABLE " + ", ".join(t for t, _ in DEFERRED_TABLES)
                            + " IN ACCESS EXCLUSIVE MODE")
         for table, with_unique in DEFERRED_TABLES:
-            found = sorted(await conn.fetch(_CATALOG_SQL, table, with_unique),
+            found = sorted((r for r in await conn.fetch(_CATALOG_SQL, table, with_unique)
+                            if r["name"] not in KEPT),
                            key=lambda r: (-KIND_ORDER[r["kind"]], r["name"]))
             items += [(table, r) for r in found]
         for table, r in items:

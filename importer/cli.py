@@ -206,6 +206,8 @@ async def run_async(argv: list[str]) -> int:
 
 
 def _dry_run(export: Export, progress: Progress, report: Path | None) -> dict[str, Any]:
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
     totals = Totals(report)
     n_msgs = 0
     for rec in export.conversation_records():

@@ -43,7 +43,10 @@ MAX_ID = 2**63 - 1  # ids are bigint
 
 def _id(text: str | None) -> int:
     """A positive bigint id from CSV text; ValueError otherwise."""
-    value = int((text or "").strip())
+    text = (text or "").strip()
+    if not (text.isascii() and text.isdigit()):  # int() would take "1_0", "+7", "٣"
+        raise ValueError("not a decimal id")
+    value = int(text)
     if not 1 <= value <= MAX_ID:
         raise ValueError("id out of range")
     return value
@@ -337,6 +340,8 @@ class Export:
             for n, row in enumerate(csv.DictReader(f), start=2):
                 try:
                     ident = row["identity"]
+                    if not ident:
+                        raise ValueError("empty identity")
                     uid = _id(row["user_id"])
                 except (KeyError, TypeError, ValueError, AttributeError):
                     self.stats["users_csv_bad_rows"] += 1
@@ -371,7 +376,10 @@ class Export:
                     self.stats["orders_csv_bad_rows"] += 1
                     self.issues.append({"kind": "orders_csv_bad_row", "line": str(n)})
                     continue
-                if order[0] not in self.order_ids:
+                if order[0] in self.order_ids:  # the first row wins
+                    self.stats["orders_csv_duplicate_ids"] += 1
+                    self.issues.append({"kind": "orders_csv_duplicate_id", "line": str(n)})
+                else:
                     self.order_ids.add(order[0])
                     self.orders.append(order)
         self.stats["orders"] = len(self.orders)
@@ -827,7 +835,7 @@ class Export:
     def _media(self, item: dict[str, Any], st: Counter[str],
                missing_media: list[str]) -> MediaItem:
         st["attachments"] += 1
-        sid = str(item.get("sid") or "")
+        sid = _fix_str(str(item.get("sid") or ""))
         ctype = item.get("content_type")
         ctype = _fix_str(ctype) if isinstance(ctype, str) and ctype else "application/octet-stream"
         fname = item.get("filename")
@@ -927,7 +935,28 @@ def _media_items(rec: MessageRec) -> tuple[list[dict[str, Any]], bool]:
 
 
 _LENIENT_FIELDS = ("author", "body", "participant_sid", "content_sid")
-_FIXED_FIELDS = ("sid", "author", "participant_sid", "content_sid")
+_FIXED_FIELDS = ("sid", "author", "participant_sid", "content_sid", "media_sid",
+                 "media_content_type", "media_filename", "mediaSid", "mediaContentType",
+                 "mediaFilename")
+_NESTED_FIELDS = ("media", "delivery")
+
+
+def _clean_counted(value: Any) -> tuple[Any, bool]:
+    """`clean(value)`, and whether it changed anything."""
+    if isinstance(value, str):
+        fixed = _fix_str(value)
+        return fixed, fixed != value
+    if isinstance(value, dict):
+        out, changed = {}, False
+        for k, v in value.items():
+            k2, c1 = _clean_counted(str(k))
+            out[k2], c2 = _clean_counted(v)
+            changed = changed or c1 or c2
+        return out, changed
+    if isinstance(value, list):
+        items = [_clean_counted(v) for v in value]
+        return [v for v, _ in items], any(c for _, c in items)
+    return value, False
 
 
 def _fix_message_strings(rec: MessageRec, st: Counter[str],
@@ -944,6 +973,25 @@ def _fix_message_strings(rec: MessageRec, st: Counter[str],
     if rec.body is not None and (fixed := _fix_surrogates(rec.body)) != rec.body:
         rec.body = fixed
         changed.append("body")
+    for name in _NESTED_FIELDS:
+        v = getattr(rec, name)
+        if v is not None:
+            fixed, did = _clean_counted(v)
+            if did:
+                setattr(rec, name, fixed)
+                changed.append(name)
+    attrs = rec.attributes
+    # a string is parsed in the mapping (and kept raw when it is not JSON), which
+    # replaces its NULs; only what no parser takes, a lone surrogate, is replaced here
+    if isinstance(attrs, str):
+        if (fixed := _fix_surrogates(attrs)) != attrs:
+            rec.attributes = fixed
+            changed.append("attributes")
+    elif attrs is not None:
+        fixed, did = _clean_counted(attrs)
+        if did:
+            rec.attributes = fixed
+            changed.append("attributes")
     for name in changed:
         st["message_strings_rewritten"] += 1
         issues.append({"kind": "string_rewritten", "resource": "message", "sid": rec.sid,
@@ -957,8 +1005,10 @@ def _lenient_message(item: Any) -> MessageRec | None:
     sid, index = item.get("sid"), item.get("index")
     if not isinstance(sid, str) or not sid:
         return None
-    if isinstance(index, float) and not index.is_integer():
+    if isinstance(index, bool) or (isinstance(index, float) and not index.is_integer()):
         return None
+    if isinstance(index, str) and not (index.isascii() and index.isdigit()):
+        return None  # int() would take "1_0" or "٣"
     try:
         index = int(index)
     except (TypeError, ValueError, OverflowError):
@@ -972,18 +1022,13 @@ def _lenient_message(item: Any) -> MessageRec | None:
     for name in ("media_sid", "media_content_type", "media_filename",
                  "mediaSid", "mediaContentType", "mediaFilename"):
         v = item.get(name)
-        kw[name] = _fix_str(v) if isinstance(v, str) else None
+        kw[name] = v if isinstance(v, str) else None
     for name in ("media_size", "mediaSize"):
         v = item.get(name)
         kw[name] = v if isinstance(v, int) and not isinstance(v, bool) else None
-    attributes = item.get("attributes")
-    # a string is parsed later (and kept raw when it is not JSON): only what no parser
-    # can take, a lone surrogate, is replaced now
-    attributes = _fix_surrogates(attributes) if isinstance(attributes, str) else clean(
-        attributes)
     return MessageRec(
-        sid=sid, index=index, media=clean(item.get("media")),
-        attributes=attributes, delivery=clean(item.get("delivery")),
+        sid=sid, index=index, media=item.get("media"),
+        attributes=item.get("attributes"), delivery=item.get("delivery"),
         date_created=parse_ts(item.get("date_created")),
         date_updated=parse_ts(item.get("date_updated")), **kw,
     )

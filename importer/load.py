@@ -61,6 +61,7 @@ class ChatState:
     existing: dict[str, tuple[int, datetime]] = field(default_factory=dict)
     imported: list[Imported] = field(default_factory=list)
     by_index: dict[int, int] = field(default_factory=dict)  # Twilio index -> message id
+    taken: set[str] = field(default_factory=set)  # sids another chat already has
 
 
 @dataclass(slots=True)
@@ -196,14 +197,17 @@ class Loader:
         updates: list[tuple[ChatState, int, MessagePlan]] = []
         for w in batch:
             st = w.state
-            if not st.existing:  # a new chat, or nothing of it imported yet
+            if not st.existing and not st.taken:  # a new chat, or nothing of it imported yet
                 if w.end > w.start:
                     new.append((w, st.plan.messages[w.start:w.end]))
                 continue
             fresh = []
             for m in st.plan.messages[w.start:w.end]:
                 have = st.existing.get(m.sid)
-                if have is None:
+                if have is None and m.sid in st.taken:
+                    self.run["messages_rejected"] += 1
+                    _rejected(st, "message_rejected", m.sid, "sid of another chat")
+                elif have is None:
                     fresh.append(m)
                 else:
                     self.run["messages_already_present"] += 1
@@ -261,6 +265,17 @@ class Loader:
                 st.imported.append(Imported(idx, r["id"], r["seq"], r["created_at"]))
                 if idx >= 0:
                     st.by_index.setdefault(idx, r["id"])
+            # A chat read again (a resumed or forced re-run, a later export): sids that
+            # another chat already has are refused here, before they are given a seq,
+            # so a refused message does not move the chat's counters on every run.
+            wanted = [m.sid for st in by_chat.values() for m in st.plan.messages
+                      if m.sid not in st.existing]
+            if wanted:
+                taken = {r["external_id"] for r in await self.conn.fetch(
+                    "SELECT external_id FROM messages WHERE external_id = ANY($1::text[])",
+                    wanted)}
+                for st in by_chat.values():
+                    st.taken = {m.sid for m in st.plan.messages if m.sid in taken}
 
         cids, uids, roles, joined = [], [], [], []
         for s in states:

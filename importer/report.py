@@ -137,7 +137,7 @@ def build_report(totals: Totals, export_stats: Counter[str], export_issues: list
         "bodies_over_32k_bytes", "messages_with_legacy_media_shape", "invalid_message_records",
         "invalid_conversation_records", "bad_pages", "bad_timestamps", "media_with_invalid_sid",
         "chats_with_order_not_in_csv", "users_csv_bad_rows", "orders_csv_bad_rows",
-        "users_csv_duplicate_identities", "users_csv_unknown_roles",
+        "users_csv_duplicate_identities", "users_csv_unknown_roles", "orders_csv_duplicate_ids",
         "message_strings_rewritten", "duplicate_message_indices",
         "twilio_users_not_in_csv", "replies", "replies_bad_index", "replies_to_later_index",
         "replies_target_not_in_export",

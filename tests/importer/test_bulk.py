@@ -59,9 +59,10 @@ async def test_bulk_import_is_exact_and_builds_every_index_back(
     bulk = report["run"]["bulk"]
     # unique keys, plain indexes and foreign keys; never the primary key
     assert {"messages_chat_seq_key", "messages_chat_message_key_key", "messages_chat_rev_idx",
-            "messages_external_idx", "messages_chat_id_fkey",
-            "messages_reply_to_id_fkey"} <= set(bulk["deferred"])
+            "messages_chat_id_fkey", "messages_reply_to_id_fkey"} <= set(bulk["deferred"])
     assert "messages_pkey" not in bulk["deferred"]
+    # the key across chats stays: a sid two conversations share is refused row by row
+    assert "messages_external_idx" not in bulk["deferred"]
     # attachments: the foreign key and the plain index; the unique key on the media sid
     # stays (a sid two messages share is refused row by row, as in a live-safe run)
     assert {"message_attachments_message_id_fkey",
@@ -211,11 +212,12 @@ async def test_a_duplicate_found_by_the_rebuild_is_named_and_keeps_nodes_out(
         for seq in (1, 2):
             await conn.execute(
                 "INSERT INTO messages (chat_id, seq, rev, created_rev, type, message_key, "
-                "external_id) VALUES ($1, $2, $2, $2, 'text', $3, 'IMDUP')",
-                chat, seq, f"k{seq}")
-        with pytest.raises(bulk.RebuildFailed, match=r"(?s)messages_external_idx.*IMDUP"):
+                "external_id) VALUES ($1, $2, $2, $2, 'text', 'kDUP', $3)",
+                chat, seq, f"IM{seq}")
+        with pytest.raises(bulk.RebuildFailed,
+                           match=r"(?s)messages_chat_message_key_key.*kDUP"):
             await bulk.rebuild([conn])
-        assert "messages_external_idx" in await bulk.pending(conn)
+        assert "messages_chat_message_key_key" in await bulk.pending(conn)
     finally:
         await conn.close()
 
@@ -312,3 +314,32 @@ async def test_a_node_takes_its_claim_again_after_losing_its_connection(
             await bulk.claim(admin)
     finally:
         await admin.close()
+
+
+async def test_a_message_sid_another_conversation_has_is_refused_row_by_row_in_bulk(
+        fresh_db: str, tmp_path: Path) -> None:
+    """`messages_external_idx` stays live through a bulk load: a message sid another
+    conversation already has is refused and listed, exactly as without `--bulk`, and
+    the final build does not fail (it used to, leaving nodes locked out)."""
+    from test_fallback import CH_A, CH_B, _msg, _sid, write_export
+
+    schema = await messages_schema(fresh_db)
+    other = write_export(tmp_path / "b", CH_B, [_msg(CH_B, 0, sid=_sid(4))])
+    assert await cli.run_async(importer_argv(other, fresh_db, tmp_path / "d", "--bulk",
+                                             "--writers", "1")) == 0
+    export = write_export(tmp_path / "a", CH_A, [_msg(CH_A, i) for i in range(6)])
+    report = tmp_path / "r.json"
+    assert await cli.run_async(importer_argv(export, fresh_db, tmp_path / "d", "--bulk",
+                                             "--writers", "1", "--report",
+                                             str(report))) == 0
+    full = json.loads(report.read_text())
+    assert full["run"]["messages_rejected"] == 1 and full["run"]["messages_inserted"] == 5
+    assert [(i["conversation"], i["sid"]) for i in full["issues"]
+            if i["kind"] == "message_rejected"] == [(CH_A, _sid(4))]
+    assert await messages_schema(fresh_db) == schema
+    conn = await asyncpg.connect(fresh_db)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM import_deferred") == 0
+        assert await conn.fetchval("SELECT count(*) FROM messages") == 6
+    finally:
+        await conn.close()

@@ -145,3 +145,37 @@ async def test_a_failed_copy_inserts_the_same_rows_one_by_one(
     expected = {k: v for k, v in clean.items() if k != _sid(4)}
     expected[_sid(5)] = {**expected[_sid(5)], "reply_key": None}
     assert fallback == expected
+
+
+async def test_a_refused_message_does_not_move_the_counters_when_its_chat_is_read_again(
+        fresh_db: str, tmp_path: Path) -> None:
+    """A sid another chat has is refused on every run; when the chat is read again (its
+    progress rows deleted, a forced re-read) it is refused before it is given a seq, so
+    the chat's counters and rows stay as they are (they used to move on each run)."""
+    n = 6
+    other = write_export(tmp_path / "b", CH_B, [_msg(CH_B, 0, sid=_sid(0))])
+    export = write_export(tmp_path / "a", CH_A, [_msg(CH_A, i) for i in range(n)])
+    for ex in (other, export):
+        assert await cli.run_async(importer_argv(ex, fresh_db, tmp_path / "d",
+                                                 "--writers", "1")) == 0
+    conn = await asyncpg.connect(fresh_db)
+    try:
+        async def chat_state() -> list[Any]:
+            return [tuple(r) for r in await conn.fetch(
+                "SELECT c.external_id, c.last_seq, c.rev, count(m.id) FROM chats c "
+                "LEFT JOIN messages m ON m.chat_id = c.id GROUP BY c.id ORDER BY c.id")]
+
+        before = await chat_state()
+        assert before[1][3] == n - 1  # sid 0 refused
+        for _ in range(2):
+            await conn.execute("DELETE FROM import_conversations")
+            report = tmp_path / "r.json"
+            assert await cli.run_async(importer_argv(export, fresh_db, tmp_path / "d",
+                                                     "--writers", "1", "--report",
+                                                     str(report))) == 0
+            run = json.loads(report.read_text())["run"]
+            assert run["messages_rejected"] == 1 and run["messages_inserted"] == 0
+            assert run["messages_appended_out_of_index_order"] == 0
+            assert await chat_state() == before
+    finally:
+        await conn.close()

@@ -193,3 +193,57 @@ def test_batch_messages_must_be_positive() -> None:
     for bad in ("0", "-5"):
         with pytest.raises(SystemExit):
             cli.parser().parse_args(["ex", "--batch-messages", bad])
+
+
+async def test_nuls_in_media_delivery_and_lax_numbers_never_stop_the_import(
+        fresh_db: str, tmp_path: Path) -> None:
+    """A second attack's cases: a NUL in a media sid, a legacy media sid or a delivery
+    summary on a page the fast decoder takes (the run failed on every try, or lost the
+    message); numbers that int() reads but are not plain decimals; a repeated order
+    id; an empty identity; a dry-run report into a folder that does not exist yet."""
+    from test_fallback import CH_A, _msg, _sid, write_export
+
+    msgs = [_msg(CH_A, i) for i in range(5)]
+    msgs[1]["media"] = [{"sid": "ME\x00nul", "content_type": "image/png",
+                         "filename": "a\x00.png", "size": 3, "category": "media"}]
+    msgs[2]["delivery"] = {"total": 1, "read": "x\x00"}
+    msgs[3]["media_sid"] = "ME\x00legacy"
+    ex = write_export(tmp_path / "ex", CH_A, msgs)
+    pages = ex / "conversations" / CH_A / "messages"
+    lax = [{**_msg(CH_A, 10), "index": True}, {**_msg(CH_A, 11), "index": "1_0"}]
+    (pages / "page-00002.json").write_text(json.dumps({"messages": lax, "meta": {}}),
+                                          encoding="utf-8")
+    (ex / "users.csv").write_text("identity,user_id,role\nu_1,31,buyer\nu_2,32,manager\n"
+                                  "u_3,1_000,buyer\n,9999,buyer\n", encoding="utf-8")
+    (ex / "orders.csv").write_text("order_id,buyer_id,manager_id,fulfillment_id\n"
+                                   "1_2,31,32,\n7,31,32,\n7,32,31,\n", encoding="utf-8")
+    dry = tmp_path / "not" / "yet" / "dry.json"
+    assert await cli.run_async(["--database-url", fresh_db, "--progress", "none",
+                                "--dry-run", "--report", str(dry), str(ex)]) == 0
+    assert json.loads(dry.read_text())["run"]["dry_run"] is True
+    for attempt in range(2):  # the second run finds everything done
+        out = tmp_path / f"r{attempt}.json"
+        assert await cli.run_async(["--database-url", fresh_db, "--data-dir",
+                                    str(tmp_path / "d"), "--progress", "none", "--report",
+                                    str(out), str(ex)]) == 0
+    report = json.loads((tmp_path / "r0.json").read_text())
+    other = report["other_counts"]
+    assert sorted((i["sid"], i["field"]) for i in report["issues"]
+                  if i["kind"] == "string_rewritten") == sorted(
+        [(_sid(1), "media"), (_sid(2), "delivery"), (_sid(3), "media_sid")])
+    assert other["message_strings_rewritten"] == 3
+    assert other["invalid_message_records"] == 2
+    assert other["users_csv_bad_rows"] == 2 and other["orders_csv_bad_rows"] == 1
+    assert other["orders_csv_duplicate_ids"] == 1
+    assert report["run"]["messages_inserted"] == 5
+    assert json.loads((tmp_path / "r1.json").read_text())["run"]["messages_inserted"] == 0
+    conn = await asyncpg.connect(fresh_db)
+    try:
+        assert sorted(r[0] for r in await conn.fetch(
+            "SELECT external_id FROM message_attachments")) == ["ME\ufffdlegacy", "ME\ufffdnul"]
+        assert await conn.fetchval(
+            "SELECT metadata #>> '{twilio,delivery,read}' FROM messages "
+            "WHERE external_id = $1", _sid(2)) == "x\ufffd"
+        assert await conn.fetchval("SELECT manager_id FROM orders WHERE id = 7") == 32
+    finally:
+        await conn.close()
