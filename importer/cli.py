@@ -237,9 +237,10 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
         if args.writers > 1:
             spare.append(await _connect(dsn))
         rebuilt: dict[str, float] = {}
+        removed = bulk.Removed()  # messages the bulk build found another chat's sid on
         if not args.bulk and await bulk.pending(conn):
             log.warning("import.bulk_unfinished an earlier --bulk run left indexes to build")
-            rebuilt = await bulk.rebuild([conn, *spare])
+            rebuilt = await bulk.rebuild([conn, *spare], removed)
         deferred: list[str] = []
         if args.bulk:
             await bulk.claim(conn)  # held until this process's session ends
@@ -276,7 +277,7 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
         progress.close()
         t_load = time.monotonic() - t0
         if args.bulk:
-            rebuilt = await bulk.rebuild([conn, *spare])
+            rebuilt = await bulk.rebuild([conn, *spare], removed)
         elif rebuilt:
             # an earlier bulk run's indexes were built before this load: the statistics
             # taken then describe the table without what was just written
@@ -300,6 +301,18 @@ async def _import(args: argparse.Namespace, settings: Settings, export: Export,
         # summed over the writers, which run at the same time
         run["phase_seconds"] = {k: round(v, 2) for k, v in sorted(phases.items())}
         run["writers"] = len(counted)
+        if removed.messages:  # refused, as a live-safe run refuses them row by row
+            run["messages_rejected"] += len(removed.messages)
+            run["attachments_rejected"] += removed.attachments
+            if args.bulk:  # this run's own load had counted them in
+                run["messages_inserted"] -= len(removed.messages)
+                run["attachments_inserted"] -= removed.attachments
+                run["replies_linked"] -= removed.replies_unlinked
+                run["replies_unlinked"] += removed.replies_unlinked
+            export.issues.extend(
+                {"kind": "message_rejected", "conversation": r["conversation"],
+                 "sid": r["external_id"], "reason": "sid of another chat"}
+                for r in removed.messages)
         if args.bulk or rebuilt:
             run["bulk"] = {"deferred": deferred, "rebuilt_seconds": rebuilt,
                            "load_seconds": round(t_load, 2),

@@ -34,6 +34,9 @@ log = logging.getLogger("beseda.importer")
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 MAX_TEXT_BYTES = 32 * 1024
 _PAGE_NAME = re.compile(r"^page-(\d+)\.json$")
+# JSON's escape of a real U+0000: a backslash that no other backslash escapes, then
+# u0000 (the text "\u0000" is written with two backslashes, and does not match)
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 _SAFE_SID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ORDER_UNIQUE = re.compile(r"^order-(\d+)(-fulfillment)?$")
 _GROUP_WORD = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -455,9 +458,9 @@ class Export:
                 continue
             try:
                 recs = _with_dates(_msg_page_decoder.decode(data).messages)
-                if b"\\u0000" in data:  # a NUL may sit in a field other than a body
+                if _NUL_ESCAPE.search(data):  # a NUL may sit in a field other than a body
                     for rec in recs:
-                        _fix_message_strings(rec, plan_stats, issues)
+                        _fix_message_strings(rec, plan_stats, issues, surrogates=False)
                 out.extend(recs)
                 continue
             except msgspec.DecodeError:
@@ -959,18 +962,21 @@ def _clean_counted(value: Any) -> tuple[Any, bool]:
     return value, False
 
 
-def _fix_message_strings(rec: MessageRec, st: Counter[str],
-                         issues: list[dict[str, str]]) -> None:
+def _fix_message_strings(rec: MessageRec, st: Counter[str], issues: list[dict[str, str]],
+                         surrogates: bool = True) -> None:
     """Makes a record's strings storable, counting and listing each field changed: a
     NUL or a lone surrogate becomes U+FFFD. A body keeps its NULs here: the mapping
-    replaces and counts them (`bodies_with_nul_char`), as EXPECTED.md asks."""
+    replaces and counts them (`bodies_with_nul_char`), as EXPECTED.md asks. Without
+    `surrogates` (a page msgspec decoded, which refuses lone surrogates) only NULs
+    are looked for."""
     changed = []
     for name in _FIXED_FIELDS:
         v = getattr(rec, name)
-        if v is not None and (fixed := _fix_str(v)) != v:
+        if v is not None and (surrogates or "\x00" in v) and (fixed := _fix_str(v)) != v:
             setattr(rec, name, fixed)
             changed.append(name)
-    if rec.body is not None and (fixed := _fix_surrogates(rec.body)) != rec.body:
+    if (surrogates and rec.body is not None
+            and (fixed := _fix_surrogates(rec.body)) != rec.body):
         rec.body = fixed
         changed.append("body")
     for name in _NESTED_FIELDS:
@@ -984,7 +990,7 @@ def _fix_message_strings(rec: MessageRec, st: Counter[str],
     # a string is parsed in the mapping (and kept raw when it is not JSON), which
     # replaces its NULs; only what no parser takes, a lone surrogate, is replaced here
     if isinstance(attrs, str):
-        if (fixed := _fix_surrogates(attrs)) != attrs:
+        if surrogates and (fixed := _fix_surrogates(attrs)) != attrs:
             rec.attributes = fixed
             changed.append("attributes")
     elif attrs is not None:

@@ -59,10 +59,9 @@ async def test_bulk_import_is_exact_and_builds_every_index_back(
     bulk = report["run"]["bulk"]
     # unique keys, plain indexes and foreign keys; never the primary key
     assert {"messages_chat_seq_key", "messages_chat_message_key_key", "messages_chat_rev_idx",
-            "messages_chat_id_fkey", "messages_reply_to_id_fkey"} <= set(bulk["deferred"])
+            "messages_external_idx", "messages_chat_id_fkey",
+            "messages_reply_to_id_fkey"} <= set(bulk["deferred"])
     assert "messages_pkey" not in bulk["deferred"]
-    # the key across chats stays: a sid two conversations share is refused row by row
-    assert "messages_external_idx" not in bulk["deferred"]
     # attachments: the foreign key and the plain index; the unique key on the media sid
     # stays (a sid two messages share is refused row by row, as in a live-safe run)
     assert {"message_attachments_message_id_fkey",
@@ -316,11 +315,13 @@ async def test_a_node_takes_its_claim_again_after_losing_its_connection(
         await admin.close()
 
 
-async def test_a_message_sid_another_conversation_has_is_refused_row_by_row_in_bulk(
+async def test_a_message_sid_another_conversation_has_is_refused_in_bulk_too(
         fresh_db: str, tmp_path: Path) -> None:
-    """`messages_external_idx` stays live through a bulk load: a message sid another
-    conversation already has is refused and listed, exactly as without `--bulk`, and
-    the final build does not fail (it used to, leaving nodes locked out)."""
+    """Without its keys during the load a bulk run inserts a sid another conversation
+    has; the build of `messages_external_idx` finds it, the later copy is taken out
+    with what points at it, and the run ends as a live-safe run's row-by-row refusal
+    ends: refused and listed, counts right, every key back (the run used to fail there
+    and leave nodes locked out)."""
     from test_fallback import CH_A, CH_B, _msg, _sid, write_export
 
     schema = await messages_schema(fresh_db)
@@ -333,13 +334,32 @@ async def test_a_message_sid_another_conversation_has_is_refused_row_by_row_in_b
                                              "--writers", "1", "--report",
                                              str(report))) == 0
     full = json.loads(report.read_text())
-    assert full["run"]["messages_rejected"] == 1 and full["run"]["messages_inserted"] == 5
+    run = full["run"]
+    assert run["messages_rejected"] == 1 and run["messages_inserted"] == 5
+    assert run["replies_linked"] == 0 and run["replies_unlinked"] == 1  # 5 replied to 4
     assert [(i["conversation"], i["sid"]) for i in full["issues"]
             if i["kind"] == "message_rejected"] == [(CH_A, _sid(4))]
     assert await messages_schema(fresh_db) == schema
     conn = await asyncpg.connect(fresh_db)
     try:
         assert await conn.fetchval("SELECT count(*) FROM import_deferred") == 0
+        rows = {r["external_id"]: r for r in await conn.fetch(
+            "SELECT m.external_id, m.seq, m.reply_to_id, c.external_id AS conv "
+            "FROM messages m JOIN chats c ON c.id = m.chat_id")}
+        assert len(rows) == 6 and rows[_sid(4)]["conv"] == CH_B  # the first copy stays
+        assert rows[_sid(5)]["reply_to_id"] is None
+        # a live-safe import of the same two exports ends the same way
+        assert [rows[_sid(i)]["seq"] for i in (0, 1, 2, 3, 5)] == [1, 2, 3, 4, 6]
+        chat = await conn.fetchrow("SELECT c.last_seq, c.last_message_id, m.external_id "
+                                   "FROM chats c JOIN messages m ON m.id = c.last_message_id "
+                                   "WHERE c.external_id = $1", CH_A)
+        assert chat["last_seq"] == 6 and chat["external_id"] == _sid(5)
+        # read again, nothing moves
+        await conn.execute("DELETE FROM import_conversations")
+        assert await cli.run_async(importer_argv(export, fresh_db, tmp_path / "d",
+                                                 "--writers", "1")) == 0
         assert await conn.fetchval("SELECT count(*) FROM messages") == 6
+        assert await conn.fetchval(
+            "SELECT last_seq FROM chats WHERE external_id = $1", CH_A) == 6
     finally:
         await conn.close()
