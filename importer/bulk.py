@@ -42,6 +42,8 @@ import asyncpg
 
 from wsserver.db import NODE_LOCK_ID
 
+from .load import affected
+
 log = logging.getLogger("beseda.importer")
 
 NODE_APPLICATION = "beseda"
@@ -154,6 +156,8 @@ async def rebuild(conns: list[asyncpg.Connection],
     """Builds every deferred item again: unique keys and indexes side by side on the
     given connections, then the foreign keys; returns seconds per name. Messages taken
     out because another chat has their sid are added to `removed`."""
+    if removed is None:
+        removed = Removed()
     rows = await conns[0].fetch("SELECT name, kind, definition FROM import_deferred")
     if not rows:
         return {}
@@ -172,10 +176,8 @@ async def rebuild(conns: list[asyncpg.Connection],
             except asyncpg.UniqueViolationError as exc:
                 if name != EXTERNAL_KEY or attempt == 2:
                     raise RebuildFailed(f"{name}: {type(exc).__name__}: {exc}") from exc
-                taken = await drop_later_copies(conn)
-                log.warning("import.bulk_shared_sids removed=%d", len(taken.messages))
-                if removed is not None:
-                    removed.add(taken)
+                n = await drop_later_copies(conn, removed)
+                log.warning("import.bulk_shared_sids removed=%d", n)
             except asyncpg.PostgresError as exc:  # a unique key's message names the key
                 raise RebuildFailed(f"{name}: {type(exc).__name__}: {exc}") from exc
         took[name] = round(time.perf_counter() - t0, 3)
@@ -205,25 +207,15 @@ class Removed:
         self.attachments = 0
         self.replies_unlinked = 0
 
-    def add(self, other: Removed) -> None:
-        self.messages += other.messages
-        self.attachments += other.attachments
-        self.replies_unlinked += other.replies_unlinked
 
-
-def _count(status: str) -> int:
-    return int(status.rsplit(" ", 1)[-1])
-
-
-async def drop_later_copies(conn: asyncpg.Connection) -> Removed:
+async def drop_later_copies(conn: asyncpg.Connection, removed: Removed) -> int:
     """Takes out every message whose sid an earlier message (by id) of another chat has,
     with what points at it, as the row-by-row insert of a live-safe run refuses it:
     its attachments and queue entry go, replies to it and read horizons on it lose the
     link, a chat whose last message it was gets the one before. Its seq stays unused,
-    as a refused row's does."""
-    out = Removed()
+    as a refused row's does. Adds them to `removed`; returns how many."""
     async with conn.transaction():
-        gone = out.messages = await conn.fetch(
+        gone = await conn.fetch(
             """SELECT m.id, m.chat_id, m.external_id, c.external_id AS conversation FROM (
                    SELECT id, chat_id, external_id, row_number() OVER (
                        PARTITION BY external_id ORDER BY id) AS n
@@ -231,10 +223,10 @@ async def drop_later_copies(conn: asyncpg.Connection) -> Removed:
                JOIN chats c ON c.id = m.chat_id
               WHERE m.n > 1 ORDER BY m.id""")
         ids = [r["id"] for r in gone]
-        out.replies_unlinked = _count(await conn.execute(
+        removed.replies_unlinked += affected(await conn.execute(
             "UPDATE messages SET reply_to_id = NULL WHERE reply_to_id = ANY($1::bigint[])",
             ids))
-        out.attachments = _count(await conn.execute(
+        removed.attachments += affected(await conn.execute(
             "DELETE FROM message_attachments WHERE message_id = ANY($1::bigint[])", ids))
         await conn.execute("DELETE FROM message_grams_queue WHERE message_id = ANY($1::bigint[])",
                            ids)
@@ -253,7 +245,8 @@ async def drop_later_copies(conn: asyncpg.Connection) -> Removed:
         await conn.execute(
             """UPDATE chats SET last_message_id = NULL, last_message_at = NULL
                 WHERE last_message_id = ANY($1::bigint[])""", ids)
-    return out
+    removed.messages += gone
+    return len(gone)
 
 
 async def analyze(conn: asyncpg.Connection) -> None:

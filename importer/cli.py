@@ -31,8 +31,8 @@ from wsserver import db
 from wsserver.config import Settings
 
 from . import bulk, shard
-from .export import ConversationPlan, Export, ExportError, page_files
-from .load import IMPORT_LOCK_ID, Loader
+from .export import ConversationPlan, Export, ExportError, page_files, read_bytes
+from .load import IMPORT_LOCK_ID, Loader, affected
 from .report import Totals, build_report, plan_stats, render_text, write_json
 from .storage import LocalStorage
 
@@ -149,8 +149,7 @@ def listing_fingerprint(export: Export) -> tuple[int, str]:
     h = hashlib.sha256()
     for path in page_files(export.root / "conversations"):
         try:
-            with open(path, "rb") as f:
-                h.update(f.read())
+            h.update(read_bytes(path))
         except OSError:
             continue
     return export.count_conversations(), h.hexdigest()[:32]
@@ -501,7 +500,7 @@ async def _upsert_people(conn: asyncpg.Connection, export: Export) -> tuple[int,
            ON CONFLICT (id) DO NOTHING""",
         [x[0] for x in o], [x[1] for x in o], [x[2] for x in o], [x[3] for x in o])
     export.twilio_names.clear()  # only needed for the names above
-    return int(s1.rsplit(" ", 1)[-1]), int(s2.rsplit(" ", 1)[-1])
+    return affected(s1), affected(s2)
 
 
 def run(argv: list[str]) -> int:

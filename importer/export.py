@@ -174,13 +174,25 @@ def _fix_surrogates(s: str) -> str:
 
 def clean(value: Any) -> Any:
     """Deep copy of decoded JSON with every string made storable in PostgreSQL."""
+    return _clean_counted(value)[0]
+
+
+def _clean_counted(value: Any) -> tuple[Any, bool]:
+    """`clean(value)`, and whether it changed anything."""
     if isinstance(value, str):
-        return _fix_str(value)
+        fixed = _fix_str(value)
+        return fixed, fixed != value
     if isinstance(value, dict):
-        return {_fix_str(str(k)): clean(v) for k, v in value.items()}
+        out, changed = {}, False
+        for k, v in value.items():
+            k2, c1 = _clean_counted(str(k))
+            out[k2], c2 = _clean_counted(v)
+            changed = changed or c1 or c2
+        return out, changed
     if isinstance(value, list):
-        return [clean(v) for v in value]
-    return value
+        items = [_clean_counted(v) for v in value]
+        return [v for v, _ in items], any(c for _, c in items)
+    return value, False
 
 
 def parse_attributes(raw: Any) -> tuple[bool, Any]:
@@ -243,7 +255,7 @@ def page_files(folder: str | Path) -> list[str]:
     return [p for _, p in found]
 
 
-def _read_bytes(path: str) -> bytes:
+def read_bytes(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
 
@@ -431,7 +443,7 @@ class Export:
         Strings that PostgreSQL cannot store are fixed here (`clean`) unless the caller
         does it field by field (`fix_strings` false), to count what it changes."""
         try:
-            data = _read_bytes(path)
+            data = read_bytes(path)
         except OSError:
             self._bad_page(path, "unreadable")
             return []
@@ -465,7 +477,7 @@ class Export:
         out: list[MessageRec] = []
         for path in page_files(folder):
             try:
-                data = _read_bytes(path)
+                data = read_bytes(path)
             except OSError:
                 self._bad_page(path, "unreadable")
                 continue
@@ -502,7 +514,7 @@ class Export:
         pos = 0
         for path in page_files(self._conversations_dir):
             try:
-                data = _read_bytes(path)
+                data = read_bytes(path)
             except OSError:
                 continue  # _read_page yields nothing for it either
             try:
@@ -954,25 +966,7 @@ _LENIENT_FIELDS = ("author", "body", "participant_sid", "content_sid")
 _FIXED_FIELDS = ("sid", "author", "participant_sid", "content_sid", "media_sid",
                  "media_content_type", "media_filename", "mediaSid", "mediaContentType",
                  "mediaFilename")
-_NESTED_FIELDS = ("media", "delivery")
-
-
-def _clean_counted(value: Any) -> tuple[Any, bool]:
-    """`clean(value)`, and whether it changed anything."""
-    if isinstance(value, str):
-        fixed = _fix_str(value)
-        return fixed, fixed != value
-    if isinstance(value, dict):
-        out, changed = {}, False
-        for k, v in value.items():
-            k2, c1 = _clean_counted(str(k))
-            out[k2], c2 = _clean_counted(v)
-            changed = changed or c1 or c2
-        return out, changed
-    if isinstance(value, list):
-        items = [_clean_counted(v) for v in value]
-        return [v for v, _ in items], any(c for _, c in items)
-    return value, False
+_NESTED_FIELDS = ("media", "delivery", "attributes")
 
 
 def _fix_message_strings(rec: MessageRec, st: Counter[str], issues: list[dict[str, str]],
@@ -994,23 +988,18 @@ def _fix_message_strings(rec: MessageRec, st: Counter[str], issues: list[dict[st
         changed.append("body")
     for name in _NESTED_FIELDS:
         v = getattr(rec, name)
-        if v is not None:
+        if v is None:
+            continue
+        if name == "attributes" and isinstance(v, str):
+            # parsed in the mapping (and kept raw when it is not JSON), which replaces
+            # its NULs; only what no parser takes, a lone surrogate, is replaced here
+            fixed = _fix_surrogates(v) if surrogates else v
+            did = fixed != v
+        else:
             fixed, did = _clean_counted(v)
-            if did:
-                setattr(rec, name, fixed)
-                changed.append(name)
-    attrs = rec.attributes
-    # a string is parsed in the mapping (and kept raw when it is not JSON), which
-    # replaces its NULs; only what no parser takes, a lone surrogate, is replaced here
-    if isinstance(attrs, str):
-        if surrogates and (fixed := _fix_surrogates(attrs)) != attrs:
-            rec.attributes = fixed
-            changed.append("attributes")
-    elif attrs is not None:
-        fixed, did = _clean_counted(attrs)
         if did:
-            rec.attributes = fixed
-            changed.append("attributes")
+            setattr(rec, name, fixed)
+            changed.append(name)
     for name in changed:
         st["message_strings_rewritten"] += 1
         issues.append({"kind": "string_rewritten", "resource": "message", "sid": rec.sid,

@@ -83,6 +83,11 @@ def _rejected(st: ChatState, kind: str, sid: str, why: str, message_sid: str = "
     st.plan.issues.append(issue)
 
 
+def affected(status: str) -> int:
+    """The row count of a command tag asyncpg returns ("UPDATE 3" -> 3)."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
 class ImportBusy(Exception):
     """another importer holds the lock on this database"""
 
@@ -290,7 +295,7 @@ class Loader:
                    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[],
                                         $4::timestamptz[])
                    ON CONFLICT DO NOTHING""", cids, uids, roles, joined)
-            self.run["participants_inserted"] += int(status.rsplit(" ", 1)[-1])
+            self.run["participants_inserted"] += affected(status)
 
     async def _insert_messages(self, new: list[tuple[WorkItem, list[MessagePlan]]],
                                updates: list[tuple[ChatState, int, MessagePlan]]) -> None:
@@ -607,7 +612,7 @@ class Loader:
                    WHERE p.chat_id = v.chat_id AND p.user_id = v.user_id
                      AND (v.seq > p.last_read_seq OR v.dseq > p.delivered_seq)""",
                 cids, uids, mids, seqs, ats, dseqs, dats)
-            self.run["read_horizons_set"] += int(status.rsplit(" ", 1)[-1])
+            self.run["read_horizons_set"] += affected(status)
         await self.conn.execute(
             """INSERT INTO import_conversations
                    (export_id, conversation_sid, signature, chat_id, run_id, stats)

@@ -64,25 +64,23 @@ def generate(out: Path, n: int, m: int, seed: int) -> float:
     return time.monotonic() - t0
 
 
+async def execute(dsn: str, *statements: str) -> float:
+    """Runs the statements on a connection of their own; returns their seconds."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        t0 = time.monotonic()
+        for sql in statements:
+            await conn.execute(sql)
+        return time.monotonic() - t0
+    finally:
+        await conn.close()
+
+
 async def checkpoint(dsn: str) -> None:
     """Flush what earlier phases left dirty, so that the next timed phase starts from
     the same state (without it the raw COPY's time varied 1.9 to 3.5 s between runs of
     the same rows, by whether it met a checkpoint)."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute("CHECKPOINT")
-    finally:
-        await conn.close()
-
-
-async def vacuum(dsn: str) -> float:
-    conn = await asyncpg.connect(dsn)
-    try:
-        t0 = time.monotonic()
-        await conn.execute("VACUUM (ANALYZE)")
-        return round(time.monotonic() - t0, 1)
-    finally:
-        await conn.close()
+    await execute(dsn, "CHECKPOINT")
 
 
 async def run_importer(export: Path, dsn: str, data: Path, report: Path,
@@ -214,13 +212,10 @@ async def bench_size(pg: EmbeddedPostgres, work: Path, n: int, m: int,
         again = await run_importer(export, dsn, data, work / f"report-{n}x{m}-rerun.json", w)
         # what autovacuum would otherwise do to these tables during the timed COPYs
         # and the bulk import below, done now and untimed
-        vacuum_s = await vacuum(dsn)
+        vacuum_s = round(await execute(dsn, "VACUUM (ANALYZE)"), 1)
         raw = await raw_copy(dsn)
-        admin = await asyncpg.connect(pg.dsn)
-        try:  # nothing of it is needed any more: no background work on it either
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        finally:
-            await admin.close()
+        # nothing of it is needed any more: no background work on it either
+        await execute(pg.dsn, f'DROP DATABASE IF EXISTS "{name}"')
         # --bulk: the same export into another new database, indexes built at the end
         bulk_name = name + "_bulk"
         bulk_dsn = await db.recreate_database(pg.dsn, bulk_name)
@@ -251,12 +246,7 @@ async def bench_size(pg: EmbeddedPostgres, work: Path, n: int, m: int,
                "load_avg_1m_after": round(os.getloadavg()[0], 2)}
         print(json.dumps(out), flush=True)
         results.append(out)
-        admin = await asyncpg.connect(pg.dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-            await admin.execute(f'DROP DATABASE IF EXISTS "{bulk_name}"')
-        finally:
-            await admin.close()
+        await execute(pg.dsn, f'DROP DATABASE IF EXISTS "{bulk_name}"')
     return results
 
 

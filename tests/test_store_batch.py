@@ -37,6 +37,19 @@ async def _writer(world: Any) -> AsyncIterator[BatchWriter]:
         await pool.close()
 
 
+@contextlib.asynccontextmanager
+async def _other_transaction(world: Any) -> AsyncIterator[tuple[asyncpg.Connection, Any]]:
+    """A connection of its own with a transaction open, to hold locks a send meets;
+    the test ends the transaction, the connection closes on the way out."""
+    conn = await asyncpg.connect(world.dsn)
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        yield conn, tx
+    finally:
+        await conn.close()
+
+
 async def _until_waiting_for_a_lock(conn: asyncpg.Connection, task: asyncio.Future[Any]) -> bool:
     """Polls until another backend of this database waits for a lock (True) or the
     task is done without one (False)."""
@@ -117,11 +130,8 @@ async def test_sender_horizon_waits_for_a_row_another_transaction_holds(world):
     a, b = await world.user(), await world.user()
     chat = await world.chat([a, b])
     async with _store(world) as store:
-        holder = await asyncpg.connect(world.dsn)
-        try:
-            await store.write_sends([_row(chat, b, "from-b")])
-            tr = holder.transaction()
-            await tr.start()
+        await store.write_sends([_row(chat, b, "from-b")])
+        async with _other_transaction(world) as (holder, tr):
             await holder.execute(
                 "SELECT 1 FROM chat_participants WHERE chat_id = $1 AND user_id = $2 FOR UPDATE",
                 chat, a,
@@ -131,8 +141,6 @@ async def test_sender_horizon_waits_for_a_row_another_transaction_holds(world):
             await _until_waiting_for_a_lock(holder, send)
             await tr.rollback()
             sent = await send
-        finally:
-            await holder.close()
     assert sent[0].message is not None and sent[0].message.seq == 2
     row = (await world.sql(
         """SELECT c.last_seq - p.last_read_seq AS unread, p.last_read_message_id
@@ -152,11 +160,8 @@ async def test_a_participant_removed_under_the_statement_gets_nothing_stored(wor
     a, b = await world.user(), await world.user()
     chat = await world.chat([a, b])
     async with _store(world) as store:
-        remover = await asyncpg.connect(world.dsn)
-        try:
-            await store.write_sends([_row(chat, b, "before")])
-            tx = remover.transaction()
-            await tx.start()
+        await store.write_sends([_row(chat, b, "before")])
+        async with _other_transaction(world) as (remover, tx):
             await remover.execute("SELECT 1 FROM chats WHERE id = $1 FOR UPDATE", chat)
             await remover.execute(
                 "UPDATE chat_participants SET left_at = now() WHERE chat_id = $1 AND user_id = $2",
@@ -168,8 +173,6 @@ async def test_a_participant_removed_under_the_statement_gets_nothing_stored(wor
                 "the send statement never waited for the removal"
             await tx.commit()
             results = await send
-        finally:
-            await remover.close()
     assert [r.error.code if r.error else "stored" for r in results] == \
         ["not_found", "stored", "not_found"]
     assert sorted(results[1].members) == [a]  # the fan-out no longer reaches b

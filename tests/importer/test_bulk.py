@@ -43,6 +43,14 @@ async def messages_schema(dsn: str) -> list[str]:
         await conn.close()
 
 
+async def _bulk_report(export: Path, dsn: str, data: Path, report: Path) -> dict[str, Any]:
+    """One bulk run by a single writer that must succeed; its JSON report."""
+    assert await cli.run_async(importer_argv(export, dsn, data, "--bulk", "--writers", "1",
+                                             "--report", str(report))) == 0
+    return json.loads(report.read_text())
+
+
+
 async def test_bulk_import_is_exact_and_builds_every_index_back(
         fresh_db: str, std_export: Path, tmp_path: Path) -> None:
     """The same rows as a live-safe import; every index and key of `messages` is
@@ -102,11 +110,7 @@ async def test_a_media_sid_two_messages_share_is_refused_row_by_row_in_bulk(
     msgs[1]["media"] = [shared]
     msgs[2]["media"] = [dict(shared), {**shared, "sid": "ME" + "6" * 32}]
     export = write_export(tmp_path / "x", CH_A, msgs)
-    report = tmp_path / "r.json"
-    assert await cli.run_async(importer_argv(export, fresh_db, tmp_path / "d", "--bulk",
-                                             "--writers", "1", "--report",
-                                             str(report))) == 0
-    full = json.loads(report.read_text())
+    full = await _bulk_report(export, fresh_db, tmp_path / "d", tmp_path / "r.json")
     run = full["run"]
     assert run["messages_inserted"] == 4
     assert run["attachments_inserted"] == 2 and run["attachments_rejected"] == 1
@@ -329,11 +333,7 @@ async def test_a_message_sid_another_conversation_has_is_refused_in_bulk_too(
     assert await cli.run_async(importer_argv(other, fresh_db, tmp_path / "d", "--bulk",
                                              "--writers", "1")) == 0
     export = write_export(tmp_path / "a", CH_A, [_msg(CH_A, i) for i in range(6)])
-    report = tmp_path / "r.json"
-    assert await cli.run_async(importer_argv(export, fresh_db, tmp_path / "d", "--bulk",
-                                             "--writers", "1", "--report",
-                                             str(report))) == 0
-    full = json.loads(report.read_text())
+    full = await _bulk_report(export, fresh_db, tmp_path / "d", tmp_path / "r.json")
     run = full["run"]
     assert run["messages_rejected"] == 1 and run["messages_inserted"] == 5
     assert run["replies_linked"] == 0 and run["replies_unlinked"] == 1  # 5 replied to 4

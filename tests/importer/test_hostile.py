@@ -9,6 +9,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from importer_helpers import importer_argv
 from test_bc22 import CH, write_export
 
 from importer import cli
@@ -156,8 +157,8 @@ async def test_rewritten_strings_odd_indices_and_bad_csv_rows_are_counted_and_li
         "order_id,buyer_id,manager_id,fulfillment_id\n999999999999999999999,31,32,\n"
         "7,31,32,\n", encoding="utf-8")
     out = tmp_path / "r.json"
-    assert await cli.run_async(["--database-url", fresh_db, "--data-dir", str(tmp_path / "d"),
-                                "--progress", "none", "--report", str(out), str(ex)]) == 0
+    assert await cli.run_async(importer_argv(ex, fresh_db, tmp_path / "d",
+                                             "--report", str(out))) == 0
     report = json.loads(out.read_text())
     other, counts = report["other_counts"], report["counts"]
     assert counts["bodies_with_nul_char"] == 1  # counted on the refused page too
@@ -218,14 +219,13 @@ async def test_nuls_in_media_delivery_and_lax_numbers_never_stop_the_import(
     (ex / "orders.csv").write_text("order_id,buyer_id,manager_id,fulfillment_id\n"
                                    "1_2,31,32,\n7,31,32,\n7,32,31,\n", encoding="utf-8")
     dry = tmp_path / "not" / "yet" / "dry.json"
-    assert await cli.run_async(["--database-url", fresh_db, "--progress", "none",
-                                "--dry-run", "--report", str(dry), str(ex)]) == 0
+    assert await cli.run_async(importer_argv(ex, fresh_db, tmp_path / "d", "--dry-run",
+                                             "--report", str(dry))) == 0
     assert json.loads(dry.read_text())["run"]["dry_run"] is True
     for attempt in range(2):  # the second run finds everything done
         out = tmp_path / f"r{attempt}.json"
-        assert await cli.run_async(["--database-url", fresh_db, "--data-dir",
-                                    str(tmp_path / "d"), "--progress", "none", "--report",
-                                    str(out), str(ex)]) == 0
+        assert await cli.run_async(importer_argv(ex, fresh_db, tmp_path / "d",
+                                                 "--report", str(out))) == 0
     report = json.loads((tmp_path / "r0.json").read_text())
     other = report["other_counts"]
     assert sorted((i["sid"], i["field"]) for i in report["issues"]
